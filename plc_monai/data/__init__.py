@@ -1,0 +1,1 @@
+"""Data: dataset descriptions, raw-layout readers, splits, preprocessing, augmentation, phantoms."""
