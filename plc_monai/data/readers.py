@@ -1,0 +1,854 @@
+"""Readers for the official download layouts of ACDC, MSD Task05 Prostate and MM-WHS MRI.
+
+Every reader turns a dataset folder into a MONAI datalist: a list of dicts, sorted by ``id``, with
+absolute ``image`` and ``label`` paths plus metadata (``dataset`` and per-dataset fields such as
+ACDC's ``phase`` or the prostate ``channel``). The list can be handed to ``monai.data.Dataset``
+with ``LoadImaged(keys=["image", "label"])``.
+
+Two kinds of checks run:
+
+* layout checks (always, they only list folders): the folder exists, holds the expected layout and
+  not another dataset's, every image has its label and every label its image;
+* volume checks (``validate=True``, the default; :func:`validate_entry`): each file reads (no
+  truncated gzip), images are 3D (prostate: 4D with the channel last), image and label agree in
+  shape and affine, label values belong to the dataset, images are finite and not constant.
+
+All problems of a folder are gathered and raised together in one :class:`DatasetLayoutError` (when
+any layout problem exists) or :class:`VolumeValidationError`, so one bad file does not hide others.
+"""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError, ImageDataError
+
+from plc_monai.data.specs import ACDC, MMWHS, PROSTATE, DatasetSpec
+
+__all__ = [
+    "DatasetLayoutError",
+    "DatasetNotFoundError",
+    "VolumeValidationError",
+    "MMWHS_LABEL_ALIASES",
+    "ACDC_LAYOUT",
+    "PROSTATE_LAYOUT",
+    "MMWHS_LAYOUT",
+    "FOLDER_LAYOUT",
+    "read_acdc",
+    "read_prostate",
+    "read_mmwhs",
+    "read_folder",
+    "read_datalist",
+    "validate_entry",
+    "validate_datalist",
+    "allowed_label_values",
+    "alias_classes",
+]
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder is missing, empty, holds another layout, or has unpaired images/labels."""
+
+
+class DatasetNotFoundError(DatasetLayoutError, FileNotFoundError):
+    """The dataset folder does not exist (also a :class:`FileNotFoundError`)."""
+
+
+class VolumeValidationError(ValueError):
+    """One or more volumes cannot be read or break the dataset's expectations."""
+
+
+ACDC_LAYOUT = (
+    "expected ACDC layout: <root>/patientNNN/patientNNN_frameMM.nii.gz with patientNNN_frameMM_gt.nii.gz "
+    "and Info.cfg (ED/ES frame numbers), <root> being the 'training' folder or its parent"
+)
+PROSTATE_LAYOUT = (
+    "expected MSD Task05 Prostate layout: <root>/imagesTr/prostate_NN.nii.gz (4D, channel 0 = T2, 1 = ADC) "
+    "with <root>/labelsTr/prostate_NN.nii.gz and <root>/dataset.json"
+)
+MMWHS_LAYOUT = (
+    "expected MM-WHS MRI layout: <root>/mr_train_10NN_image.nii.gz with mr_train_10NN_label.nii.gz "
+    "(directly in <root> or in <root>/mr_train)"
+)
+FOLDER_LAYOUT = (
+    "expected a folder of images (<images_dir>/<name>.nii.gz) and optionally labels "
+    "(<labels_dir>/<name><label_suffix>.nii.gz)"
+)
+
+MMWHS_LABEL_ALIASES: Mapping[int, int] = MappingProxyType({421: 420})
+"""Raw MM-WHS label values that are read as another raw value (``{421: 420}``).
+
+One MM-WHS MRI training label is reported to hold a few voxels with value 421, one off the left
+atrium's 420, read here as a labelling slip. The MM-WHS reader accepts it and records
+``label_aliases = [[421, 420]]`` in each datalist entry so that preprocessing maps 421 to the left
+atrium class (see :func:`alias_classes`); pass ``extra_label_aliases={}`` to reject such files.
+"""
+
+_NIFTI_EXTS = (".nii.gz", ".nii")
+_READ_ERRORS = (
+    ImageFileError,
+    HeaderDataError,
+    ImageDataError,
+    OSError,  # includes gzip.BadGzipFile
+    EOFError,  # truncated gzip stream
+    zlib.error,
+    ValueError,
+    MemoryError,  # a corrupted header announcing a huge array
+)
+_AFFINE_ATOL = 1e-3
+
+_ACDC_PATIENT = re.compile(r"^patient(\d{3})$")
+_ACDC_FRAME = re.compile(r"^patient(\d{3})_frame(\d{2})(_gt)?\.nii\.gz$")
+_MSD_CASE = re.compile(r"^prostate_(\d+)\.nii\.gz$")
+_MMWHS_FILE = re.compile(r"^mr_train_(\d{4})_(image|label)\.nii\.gz$")
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """``"a_b.nii.gz" -> ("a_b", ".nii.gz")``; ``("name", "")`` for other extensions."""
+    for ext in _NIFTI_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    return name, ""
+
+
+def _visible(path: Path) -> bool:
+    """False for hidden files and macOS resource forks (``._prostate_00.nii.gz``)."""
+    return not path.name.startswith(".")
+
+
+def _abs(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _detect_layout(folder: Path) -> str | None:
+    """Name the dataset layout ``folder`` looks like, or ``None`` when it matches none."""
+    if not folder.is_dir():
+        return None
+    names = {p.name for p in folder.iterdir() if _visible(p)}
+    sub = folder / "training"
+    if any(_ACDC_PATIENT.match(n) for n in names) or (
+        sub.is_dir() and any(_ACDC_PATIENT.match(p.name) for p in sub.iterdir())
+    ):
+        return "an ACDC layout (patientNNN/ folders); read it with dataset 'acdc'"
+    if "imagesTr" in names or "labelsTr" in names or (folder / "Task05_Prostate").is_dir():
+        return "an MSD layout (imagesTr/, labelsTr/); read it with dataset 'prostate'"
+    mm_names = names | ({p.name for p in (folder / "mr_train").iterdir()} if (folder / "mr_train").is_dir() else set())
+    if any(_MMWHS_FILE.match(n) for n in mm_names):
+        return "an MM-WHS MRI layout (mr_train_10NN_image.nii.gz); read it with dataset 'mmwhs'"
+    if any(n.startswith("ct_train_") for n in names) or "ct_train" in names:
+        return "an MM-WHS CT layout (ct_train_*); the paper uses the MRI part (mr_train_*)"
+    if "images" in names:
+        return "a generic images/ + labels/ layout; read it with dataset 'folder'"
+    return None
+
+
+def _layout_error(what: str, root: Path, layout: str) -> DatasetLayoutError:
+    """Build the error raised when ``root`` holds no case of the expected layout."""
+    if not any(_visible(p) for p in root.iterdir()):
+        return DatasetLayoutError(f"{what}: the folder {_abs(root)} is empty; {layout}")
+    detected = _detect_layout(root)
+    hint = f"; the folder looks like {detected}" if detected else ""
+    return DatasetLayoutError(f"{what} in {_abs(root)}{hint}; {layout}")
+
+
+def _require_dir(path: str | os.PathLike, layout: str) -> Path:
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetNotFoundError(f"dataset folder {_abs(root)} does not exist; {layout}")
+    if not root.is_dir():
+        raise DatasetLayoutError(f"dataset path {_abs(root)} is a file, not a folder; {layout}")
+    return root
+
+
+def _raise_problems(root: Path, layout_problems: list[str], volume_problems: list[str], layout: str) -> None:
+    """Raise one error listing every problem; layout problems decide the error class."""
+    if not layout_problems and not volume_problems:
+        return
+    problems = layout_problems + volume_problems
+    body = "\n".join(f"  - {p}" for p in problems)
+    if layout_problems:
+        raise DatasetLayoutError(f"{len(problems)} problem(s) in dataset folder {_abs(root)} ({layout}):\n{body}")
+    raise VolumeValidationError(f"{len(problems)} invalid volume(s) in dataset folder {_abs(root)}:\n{body}")
+
+
+# ------------------------------------------------------------------------------------------------
+# volume validation
+# ------------------------------------------------------------------------------------------------
+
+
+def allowed_label_values(
+    spec: DatasetSpec | None, label_aliases: Iterable[Sequence[int]] | Mapping[int, int] | None = None
+) -> tuple[int, ...] | None:
+    """Raw label values a dataset's label files may hold.
+
+    Args:
+        spec: the dataset's description; ``None`` means "any value".
+        label_aliases: extra raw values read as another raw value, as ``{raw: target}`` or
+            ``[[raw, target], ...]`` (the form stored in datalist entries).
+
+    Returns:
+        The sorted allowed values, or ``None`` when ``spec`` is ``None``.
+    """
+    if spec is None:
+        return None
+    pairs = label_aliases.items() if isinstance(label_aliases, Mapping) else (label_aliases or ())
+    return tuple(sorted(set(spec.raw_label_values) | {int(raw) for raw, _ in pairs}))
+
+
+def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Mapping[int, int]) -> dict[int, int]:
+    """Turn raw-to-raw label aliases into ``{raw value: class index}``.
+
+    Args:
+        spec: the dataset's description (its ``label_map``).
+        label_aliases: ``{raw: target raw}`` or ``[[raw, target raw], ...]`` (the datalist form).
+
+    Returns:
+        e.g. ``{421: 2}`` for MM-WHS, where 420 (left atrium) is class 2; the form taken by
+        preprocessing's label mapping.
+
+    Raises:
+        ValueError: an alias target that is not one of the spec's raw values.
+    """
+    pairs = label_aliases.items() if isinstance(label_aliases, Mapping) else label_aliases
+    out = {}
+    for raw, target in pairs:
+        if int(target) not in spec.label_map:
+            known = list(spec.label_map)
+            raise ValueError(f"label alias {raw} -> {target}: {target} is not a {spec.name} label value {known}")
+        out[int(raw)] = spec.label_map[int(target)]
+    return out
+
+
+def _nifti_from_gzip(path: str) -> Any:
+    """Decompress a whole ``.nii.gz`` at once (so the gzip CRC and length are checked) and parse it."""
+    raw = gzip.decompress(Path(path).read_bytes())
+    header_size = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 348 in header_size:
+        return nib.Nifti1Image.from_bytes(raw)
+    if 540 in header_size:
+        return nib.Nifti2Image.from_bytes(raw)
+    raise ImageFileError("no NIfTI-1 or NIfTI-2 header after decompression")
+
+
+def _load(path: str) -> tuple[Any, np.ndarray]:
+    """Read header and voxels of one file; ``ValueError`` naming the file when it cannot be read.
+
+    ``.nii.gz`` files are decompressed in full, which verifies the gzip checksum: a corrupted
+    download is caught even when the damaged bytes still decompress.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: file does not exist")
+    try:
+        img = _nifti_from_gzip(path) if path.endswith(".gz") else nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as err:
+        raise ValueError(
+            f"{path}: cannot read the file, it is truncated or not a valid NIfTI ({type(err).__name__}: {err})"
+        ) from err
+    return img, data
+
+
+def _present_values(data: np.ndarray) -> np.ndarray:
+    """Distinct values of a label array (bincount for small non-negative integers, else ``np.unique``)."""
+    if data.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
+        flat = data.ravel()
+        lo = int(flat.min())
+        if lo >= 0:
+            return np.flatnonzero(np.bincount(flat.astype(np.intp, copy=False)))
+    return np.unique(data)
+
+
+def _image_problems(path: str, data: np.ndarray, channel: int | None) -> list[str]:
+    """Dimension, channel, finiteness and constancy problems of one image array."""
+    if channel is None and data.ndim != 3:
+        hint = " (a 4D cine or multi-channel file is not a single frame)" if data.ndim == 4 else ""
+        return [f"{path}: expected a 3D volume, got shape {tuple(data.shape)}{hint}"]
+    if channel is not None and data.ndim != 4:
+        shape = tuple(data.shape)
+        return [f"{path}: expected a 4D volume [X, Y, Z, channel] to select channel {channel}, got shape {shape}"]
+    if channel is not None and not 0 <= channel < data.shape[3]:
+        return [f"{path}: channel {channel} requested but the file has {data.shape[3]} channel(s)"]
+    used = data if channel is None else data[..., channel]
+    if used.size == 0:
+        return [f"{path}: image has no voxels (shape {tuple(data.shape)})"]
+    if used.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(used)))
+        if bad:
+            return [f"{path}: {bad} NaN/Inf voxel(s); expected finite intensities"]
+    lo, hi = used.min(), used.max()
+    if lo == hi:
+        what = "image" if channel is None else f"channel {channel}"
+        return [f"{path}: constant {what} (every voxel = {lo}); expected an MR volume"]
+    return []
+
+
+def _label_problems(
+    path: str,
+    lab: Any,
+    data: np.ndarray,
+    image_path: str,
+    image: Any | None,
+    spatial_shape: tuple[int, ...] | None,
+    allowed: tuple[int, ...] | None,
+) -> list[str]:
+    """Dimension, shape, affine and value problems of one label array against its image."""
+    problems = []
+    if data.ndim != 3:
+        problems.append(f"{path}: expected a 3D label volume, got shape {tuple(data.shape)}")
+    elif spatial_shape is not None and tuple(data.shape) != spatial_shape:
+        problems.append(
+            f"{path}: label shape {tuple(data.shape)} differs from image shape {spatial_shape} of {image_path}"
+        )
+    if image is not None and not np.allclose(lab.affine, image.affine, atol=_AFFINE_ATOL):
+        diff = float(np.abs(lab.affine - image.affine).max())
+        problems.append(
+            f"{path}: label affine differs from the affine of {image_path} (max difference {diff:.4g} > {_AFFINE_ATOL})"
+        )
+    if allowed is not None and data.size:
+        present = _present_values(data)
+        bad = present[~np.isin(present, np.asarray(allowed))]
+        if bad.size:
+            shown = ", ".join(f"{v:g}" for v in bad[:10].tolist())
+            more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+            problems.append(f"{path}: unexpected label value(s) {shown}{more}; expected values in {list(allowed)}")
+    return problems
+
+
+def validate_entry(
+    entry: Mapping[str, Any],
+    spec: DatasetSpec | None = None,
+    *,
+    label_values: Iterable[int] | None = None,
+) -> None:
+    """Check one datalist entry's image (and label) files.
+
+    Each file is read once. The image must be 3D, or 4D ``[X, Y, Z, C]`` when the entry has a
+    ``channel`` key (MSD prostate), with ``0 <= channel < C``; the used image channel must be finite
+    and not constant. The label must be 3D with the image's spatial shape, an affine equal to the
+    image's within 1e-3, and only values from ``label_values`` (default: the spec's raw values plus
+    the entry's ``label_aliases``).
+
+    Args:
+        entry: a dict with ``image`` and optionally ``label`` paths, ``id``, ``channel``,
+            ``label_aliases`` (``[[raw, target], ...]``).
+        spec: the dataset's description, for the allowed label values; ``None`` skips the value
+            check unless ``label_values`` is given.
+        label_values: explicit allowed label values; overrides ``spec``.
+
+    Raises:
+        VolumeValidationError: naming the file(s) and everything found wrong with this entry.
+    """
+    problems: list[str] = []
+    image_path = str(entry["image"])
+    channel = None if entry.get("channel") is None else int(entry["channel"])
+    image, spatial_shape = None, None
+    try:
+        image, data = _load(image_path)
+    except ValueError as err:
+        problems.append(str(err))
+    else:
+        problems += _image_problems(image_path, data, channel)
+        if data.ndim == (3 if channel is None else 4):
+            spatial_shape = tuple(data.shape[:3])
+    if entry.get("label") is not None:
+        label_path = str(entry["label"])
+        if label_values is not None:
+            allowed = tuple(sorted({int(v) for v in label_values}))
+        else:
+            allowed = allowed_label_values(spec, entry.get("label_aliases"))
+        try:
+            lab, lab_data = _load(label_path)
+        except ValueError as err:
+            problems.append(str(err))
+        else:
+            problems += _label_problems(label_path, lab, lab_data, image_path, image, spatial_shape, allowed)
+    if problems:
+        raise VolumeValidationError(f"case {entry.get('id', image_path)}: " + "; ".join(problems))
+
+
+def validate_datalist(
+    datalist: Sequence[Mapping[str, Any]],
+    spec: DatasetSpec | None = None,
+    *,
+    label_values: Iterable[int] | None = None,
+) -> list[str]:
+    """Run :func:`validate_entry` on every entry and collect the messages.
+
+    Args:
+        datalist: entries as produced by the readers.
+        spec: the dataset's description (allowed label values); ``None`` skips the value check.
+        label_values: explicit allowed label values; overrides ``spec``.
+
+    Returns:
+        One message per bad entry (empty when all are valid).
+    """
+    values = None if label_values is None else tuple(label_values)
+    problems = []
+    for entry in datalist:
+        try:
+            validate_entry(entry, spec, label_values=values)
+        except VolumeValidationError as err:
+            problems.append(str(err))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# ACDC
+# ------------------------------------------------------------------------------------------------
+
+_ACDC_FRAMES = {"ed": ("ED",), "es": ("ES",), "ed+es": ("ED", "ES")}
+
+
+def _parse_info_cfg(path: Path) -> dict[str, str]:
+    """``Info.cfg`` lines ``Key: value`` as a dict."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read ({err})") from err
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _acdc_metadata(info: dict[str, str], path: str) -> tuple[dict[str, int], dict[str, Any]]:
+    """Phase -> frame number and the optional patient metadata from a parsed ``Info.cfg``."""
+    phases = {}
+    for phase in ("ED", "ES"):
+        try:
+            phases[phase] = int(float(info[phase]))
+        except KeyError:
+            raise ValueError(f"{path}: no '{phase}:' line; expected lines like 'ED: 1' and 'ES: 12'") from None
+        except ValueError:
+            raise ValueError(f"{path}: '{phase}: {info[phase]}' is not a frame number") from None
+    meta: dict[str, Any] = {}
+    if "Group" in info:
+        meta["group"] = info["Group"]
+    for key, name in (("Height", "height"), ("Weight", "weight"), ("NbFrame", "num_frames")):
+        if key in info:
+            try:
+                value = float(info[key])
+            except ValueError:
+                raise ValueError(f"{path}: '{key}: {info[key]}' is not a number") from None
+            meta[name] = int(value) if name == "num_frames" else value
+    return phases, meta
+
+
+def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool = True) -> list[dict[str, Any]]:
+    """Datalist of the ACDC training set in its download layout.
+
+    ``dataset_dir`` is the ``training`` folder or its parent. Each ``patientNNN`` folder holds
+    ``patientNNN_frameMM.nii.gz``, ``patientNNN_frameMM_gt.nii.gz`` and ``Info.cfg`` (whose ``ED``
+    and ``ES`` lines give the frame numbers). The 4D cine file ``patientNNN_4d.nii.gz`` is ignored.
+    Labels: 0 background, 1 RV, 2 Myo, 3 LV.
+
+    Args:
+        dataset_dir: the ACDC ``training`` folder or the folder that contains it.
+        frames: ``"ed"`` (default, as the paper: one end-diastolic volume per patient), ``"es"`` or
+            ``"ed+es"``.
+        validate: read every selected volume and check it (:func:`validate_entry`).
+
+    Returns:
+        Entries ``{"image", "label", "id", "patient", "dataset", "frame", "phase"}`` plus ``group``,
+        ``height``, ``weight``, ``num_frames`` when ``Info.cfg`` has them, sorted by ``id``. The id is
+        the patient number (``"001"``); with ``"ed+es"`` it is ``"001_ED"``/``"001_ES"``.
+
+    Raises:
+        ValueError: unknown ``frames``.
+        DatasetNotFoundError: the folder does not exist.
+        DatasetLayoutError: no patient folder, another dataset's layout, missing ``Info.cfg`` or
+            frame, image without label or label without image (all listed together).
+        VolumeValidationError: bad volumes (all listed together).
+    """
+    key = frames.lower().replace(" ", "")
+    if key not in _ACDC_FRAMES:
+        raise ValueError(f"frames={frames!r} is not supported; expected one of {list(_ACDC_FRAMES)}")
+    phases_wanted = _ACDC_FRAMES[key]
+    root = _require_dir(dataset_dir, ACDC_LAYOUT)
+    if (root / "training").is_dir():
+        root = root / "training"
+    patients = sorted(p for p in root.iterdir() if p.is_dir() and _ACDC_PATIENT.match(p.name))
+    if not patients:
+        raise _layout_error("no ACDC patientNNN folder found", root, ACDC_LAYOUT)
+
+    layout_problems: list[str] = []
+    entries: list[dict[str, Any]] = []
+    for folder in patients:
+        number = _ACDC_PATIENT.match(folder.name).group(1)
+        images, labels = set(), set()
+        for f in folder.iterdir():
+            m = _ACDC_FRAME.match(f.name)
+            if m and m.group(1) == number:
+                (labels if m.group(3) else images).add(int(m.group(2)))
+        for frame in sorted(images - labels):
+            layout_problems.append(
+                f"{_abs(folder / f'{folder.name}_frame{frame:02d}.nii.gz')}: image without label "
+                f"(expected {folder.name}_frame{frame:02d}_gt.nii.gz)"
+            )
+        for frame in sorted(labels - images):
+            layout_problems.append(
+                f"{_abs(folder / f'{folder.name}_frame{frame:02d}_gt.nii.gz')}: label without image "
+                f"(expected {folder.name}_frame{frame:02d}.nii.gz)"
+            )
+        cfg = folder / "Info.cfg"
+        if not cfg.is_file():
+            layout_problems.append(f"{_abs(cfg)}: missing; it gives the ED and ES frame numbers")
+            continue
+        try:
+            phases, meta = _acdc_metadata(_parse_info_cfg(cfg), _abs(cfg))
+        except ValueError as err:
+            layout_problems.append(str(err))
+            continue
+        for phase in phases_wanted:
+            frame = phases[phase]
+            if frame not in images:
+                if frame not in labels:  # otherwise already reported as "label without image"
+                    layout_problems.append(
+                        f"{_abs(folder / f'{folder.name}_frame{frame:02d}.nii.gz')}: {phase} frame {frame} "
+                        f"(from Info.cfg) is missing"
+                    )
+                continue
+            if frame not in labels:
+                continue
+            entry = {
+                "image": _abs(folder / f"{folder.name}_frame{frame:02d}.nii.gz"),
+                "label": _abs(folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz"),
+                "id": number if len(phases_wanted) == 1 else f"{number}_{phase}",
+                "patient": number,
+                "dataset": ACDC.name,
+                "frame": frame,
+                "phase": phase,
+                **meta,
+            }
+            entries.append(entry)
+    entries.sort(key=lambda e: e["id"])
+    volume_problems = validate_datalist(entries, ACDC) if validate else []
+    _raise_problems(root, layout_problems, volume_problems, ACDC_LAYOUT)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------
+# MSD Task05 Prostate
+# ------------------------------------------------------------------------------------------------
+
+
+def _msd_cases(folder: Path) -> dict[str, Path]:
+    """``{3-digit id: path}`` of ``prostate_NN.nii.gz`` files, skipping ``._*`` resource forks."""
+    found = {}
+    for f in folder.iterdir():
+        m = _MSD_CASE.match(f.name)
+        if m and _visible(f):
+            found[f"{int(m.group(1)):03d}"] = f
+    return found
+
+
+def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bool = True) -> list[dict[str, Any]]:
+    """Datalist of the MSD Task05 Prostate training set in its download layout.
+
+    ``dataset_dir`` is the ``Task05_Prostate`` folder (or its parent) holding ``imagesTr/`` (4D
+    ``[X, Y, Z, 2]`` volumes: channel 0 T2, channel 1 ADC), ``labelsTr/`` (0 background, 1 PZ,
+    2 TZ) and ``dataset.json``. macOS ``._*`` files are skipped; ``imagesTs/`` is not read.
+
+    Args:
+        dataset_dir: the ``Task05_Prostate`` folder or the folder that contains it.
+        channel: image channel to use, 0 (T2, default, as the paper) or 1 (ADC). It is recorded in
+            each entry for preprocessing to select.
+        validate: read every volume and check it (:func:`validate_entry`).
+
+    Returns:
+        Entries ``{"image", "label", "id", "dataset", "channel", "channel_name"}`` sorted by ``id``;
+        the id is the 3-digit case number of the paper's split lists (``prostate_00`` -> ``"000"``).
+
+    Raises:
+        ValueError: ``channel`` not 0 or 1.
+        DatasetNotFoundError: the folder does not exist.
+        DatasetLayoutError: no ``imagesTr``/``labelsTr``, another dataset's layout, unreadable
+            ``dataset.json``, image without label or label without image (all listed together).
+        VolumeValidationError: bad volumes (all listed together).
+    """
+    if isinstance(channel, bool) or channel not in (0, 1):
+        raise ValueError(f"channel={channel!r} is not supported; expected 0 (T2) or 1 (ADC)")
+    root = _require_dir(dataset_dir, PROSTATE_LAYOUT)
+    if not (root / "imagesTr").is_dir() and (root / "Task05_Prostate" / "imagesTr").is_dir():
+        root = root / "Task05_Prostate"
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir():
+        raise _layout_error("no imagesTr folder found", root, PROSTATE_LAYOUT)
+    if not labels_dir.is_dir():
+        raise DatasetLayoutError(f"{_abs(labels_dir)} does not exist; {PROSTATE_LAYOUT}")
+
+    layout_problems: list[str] = []
+    channel_name = {0: "T2", 1: "ADC"}[channel]
+    meta_file = root / "dataset.json"
+    if meta_file.is_file():
+        try:
+            modality = json.loads(meta_file.read_text()).get("modality", {})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            layout_problems.append(f"{_abs(meta_file)}: not a readable JSON object ({err})")
+        else:
+            if isinstance(modality, Mapping) and str(channel) in modality:
+                channel_name = str(modality[str(channel)])
+
+    images, labels = _msd_cases(images_dir), _msd_cases(labels_dir)
+    if not images and not labels:
+        raise _layout_error("no prostate_NN.nii.gz file found in imagesTr", root, PROSTATE_LAYOUT)
+    for case in sorted(images.keys() - labels.keys()):
+        layout_problems.append(f"{_abs(images[case])}: image without label (expected labelsTr/{images[case].name})")
+    for case in sorted(labels.keys() - images.keys()):
+        layout_problems.append(f"{_abs(labels[case])}: label without image (expected imagesTr/{labels[case].name})")
+    entries = [
+        {
+            "image": _abs(images[case]),
+            "label": _abs(labels[case]),
+            "id": case,
+            "dataset": PROSTATE.name,
+            "channel": channel,
+            "channel_name": channel_name,
+        }
+        for case in sorted(images.keys() & labels.keys())
+    ]
+    volume_problems = validate_datalist(entries, PROSTATE) if validate else []
+    _raise_problems(root, layout_problems, volume_problems, PROSTATE_LAYOUT)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------
+# MM-WHS MRI
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_aliases(aliases: Mapping[int, int]) -> list[list[int]]:
+    """Validate ``{raw: target}`` aliases against MM-WHS raw values; return them as sorted pairs."""
+    pairs = []
+    known = list(MMWHS.raw_label_values)
+    for raw, target in sorted((int(r), int(t)) for r, t in aliases.items()):
+        if raw in known:
+            raise ValueError(f"extra_label_aliases: {raw} is already an MM-WHS label value {known}")
+        if target not in known:
+            raise ValueError(f"extra_label_aliases: target {target} of {raw} is not an MM-WHS label value {known}")
+        pairs.append([raw, target])
+    return pairs
+
+
+def read_mmwhs(
+    dataset_dir: str | os.PathLike,
+    extra_label_aliases: Mapping[int, int] = MMWHS_LABEL_ALIASES,
+    validate: bool = True,
+) -> list[dict[str, Any]]:
+    """Datalist of the MM-WHS MRI training set in its download layout.
+
+    Files ``mr_train_10NN_image.nii.gz`` and ``mr_train_10NN_label.nii.gz`` lie in
+    ``dataset_dir`` or in ``dataset_dir/mr_train``. Raw label values are
+    ``{0, 205, 420, 500, 550, 600, 820, 850}`` (``MMWHS.raw_label_values``); preprocessing maps
+    them to classes 0..7.
+
+    Args:
+        dataset_dir: the folder holding the files or their ``mr_train`` folder.
+        extra_label_aliases: raw values accepted and read as another raw value. The default
+            ``{421: 420}`` accepts the few 421 voxels of one MM-WHS label (see
+            :data:`MMWHS_LABEL_ALIASES`); ``{}`` rejects them.
+        validate: read every volume and check it (:func:`validate_entry`).
+
+    Returns:
+        Entries ``{"image", "label", "id", "dataset", "label_aliases"}`` sorted by ``id`` (``"1001"``);
+        ``label_aliases`` is ``[[raw, target], ...]`` for preprocessing to apply before mapping raw
+        values to classes.
+
+    Raises:
+        ValueError: an alias whose key is already a label value or whose target is not one.
+        DatasetNotFoundError: the folder does not exist.
+        DatasetLayoutError: no MM-WHS file, another dataset's layout, image without label or label
+            without image (all listed together).
+        VolumeValidationError: bad volumes (all listed together).
+    """
+    pairs = _check_aliases(extra_label_aliases)
+    root = _require_dir(dataset_dir, MMWHS_LAYOUT)
+    if not any(_MMWHS_FILE.match(p.name) for p in root.iterdir()) and (root / "mr_train").is_dir():
+        root = root / "mr_train"
+    images, labels = {}, {}
+    for f in root.iterdir():
+        m = _MMWHS_FILE.match(f.name)
+        if m and _visible(f):
+            (images if m.group(2) == "image" else labels)[m.group(1)] = f
+    if not images and not labels:
+        raise _layout_error("no mr_train_10NN_image.nii.gz file found", root, MMWHS_LAYOUT)
+    layout_problems = [
+        f"{_abs(images[c])}: image without label (expected mr_train_{c}_label.nii.gz)"
+        for c in sorted(images.keys() - labels.keys())
+    ] + [
+        f"{_abs(labels[c])}: label without image (expected mr_train_{c}_image.nii.gz)"
+        for c in sorted(labels.keys() - images.keys())
+    ]
+    entries = [
+        {
+            "image": _abs(images[c]),
+            "label": _abs(labels[c]),
+            "id": c,
+            "dataset": MMWHS.name,
+            "label_aliases": [list(p) for p in pairs],
+        }
+        for c in sorted(images.keys() & labels.keys())
+    ]
+    volume_problems = validate_datalist(entries, MMWHS) if validate else []
+    _raise_problems(root, layout_problems, volume_problems, MMWHS_LAYOUT)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------
+# generic folder
+# ------------------------------------------------------------------------------------------------
+
+
+def read_folder(
+    images_dir: str | os.PathLike,
+    labels_dir: str | os.PathLike | None = None,
+    image_glob: str = "*.nii.gz",
+    label_suffix: str = "",
+    validate: bool = True,
+    label_values: Iterable[int] | None = None,
+    dataset: str = "folder",
+) -> list[dict[str, Any]]:
+    """Datalist of any folder of images with (optional) labels paired by file name.
+
+    The image ``<images_dir>/<stem>.nii.gz`` pairs with ``<labels_dir>/<stem><label_suffix>.nii.gz``
+    (``.nii`` works too), e.g. MS-CMRSeg's ``images/subject1_DE.nii.gz`` with
+    ``labels/subject1_DE_manual.nii.gz`` (``label_suffix="_manual"``). Labels may sit in the image
+    folder when ``label_suffix`` is not empty; such files are then not taken as images.
+
+    Args:
+        images_dir: folder of images.
+        labels_dir: folder of labels; ``None`` for images only (inference).
+        image_glob: pattern selecting the image files in ``images_dir``.
+        label_suffix: text between the image stem and the extension in label names.
+        validate: read every volume and check it (:func:`validate_entry`).
+        label_values: allowed label values; ``None`` skips the value check.
+        dataset: name written into each entry's ``dataset`` key.
+
+    Returns:
+        Entries ``{"image", ["label"], "id", "dataset"}`` sorted by ``id`` (the image stem).
+
+    Raises:
+        ValueError: labels in the image folder with an empty ``label_suffix``.
+        DatasetNotFoundError: a folder does not exist.
+        DatasetLayoutError: no image matches ``image_glob``, image without label or label without
+            image (all listed together).
+        VolumeValidationError: bad volumes (all listed together).
+    """
+    layout = f"{FOLDER_LAYOUT}, images matching {image_glob!r}, label_suffix={label_suffix!r}"
+    img_root = _require_dir(images_dir, layout)
+    lab_root = None if labels_dir is None else _require_dir(labels_dir, layout)
+    same_folder = lab_root is not None and os.path.samefile(img_root, lab_root)
+    if same_folder and not label_suffix:
+        raise ValueError(f"labels_dir is images_dir ({_abs(img_root)}): give a label_suffix to tell labels from images")
+
+    def is_label_name(name: str) -> bool:
+        stem, ext = _split_ext(name)
+        return bool(ext) and bool(label_suffix) and stem.endswith(label_suffix)
+
+    images = {}
+    for f in img_root.glob(image_glob):
+        if not (f.is_file() and _visible(f)) or (same_folder and is_label_name(f.name)):
+            continue
+        stem, _ = _split_ext(f.name)
+        images[stem] = f
+    if not images:
+        raise _layout_error(f"no image matching {image_glob!r} found", img_root, layout)
+
+    layout_problems: list[str] = []
+    labels: dict[str, Path] = {}
+    if lab_root is not None:
+        for f in lab_root.iterdir():
+            stem, ext = _split_ext(f.name)
+            if not (ext and f.is_file() and _visible(f)):
+                continue
+            if same_folder and not is_label_name(f.name):
+                continue
+            if label_suffix and not stem.endswith(label_suffix):
+                layout_problems.append(f"{_abs(f)}: label name does not end with {label_suffix!r}{ext}")
+                continue
+            labels[stem[: len(stem) - len(label_suffix)]] = f
+        for stem in sorted(images.keys() - labels.keys()):
+            layout_problems.append(
+                f"{_abs(images[stem])}: image without label (expected {_abs(lab_root / (stem + label_suffix))}.nii.gz)"
+            )
+        for stem in sorted(labels.keys() - images.keys()):
+            layout_problems.append(
+                f"{_abs(labels[stem])}: label without image (expected {stem}.nii.gz in {_abs(img_root)})"
+            )
+    entries = []
+    for stem in sorted(images):
+        if lab_root is not None and stem not in labels:
+            continue
+        entry: dict[str, Any] = {"image": _abs(images[stem])}
+        if lab_root is not None:
+            entry["label"] = _abs(labels[stem])
+        entry.update(id=stem, dataset=dataset)
+        entries.append(entry)
+    volume_problems = validate_datalist(entries, None, label_values=label_values) if validate else []
+    _raise_problems(img_root, layout_problems, volume_problems, layout)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatcher
+# ------------------------------------------------------------------------------------------------
+
+_READERS = {"acdc": read_acdc, "prostate": read_prostate, "mmwhs": read_mmwhs, "folder": read_folder}
+
+
+def read_datalist(
+    dataset: str, dataset_dir: str | os.PathLike, validate: bool = True, **options: Any
+) -> list[dict[str, Any]]:
+    """Read a dataset folder with the reader for ``dataset``.
+
+    Args:
+        dataset: ``acdc``, ``prostate``, ``mmwhs`` or ``folder`` (case-insensitive).
+        dataset_dir: the dataset folder. For ``folder`` it is the images folder, or a folder with
+            ``images/`` (and ``labels/``, used unless ``labels_dir`` is given) inside.
+        validate: read and check every volume.
+        options: reader options: ``frames`` (acdc), ``channel`` (prostate), ``extra_label_aliases``
+            (mmwhs), ``labels_dir``, ``image_glob``, ``label_suffix``, ``label_values`` (folder).
+
+    Returns:
+        The datalist, sorted by ``id``.
+
+    Raises:
+        ValueError: unknown dataset or an option the reader does not take; the readers' errors.
+    """
+    name = str(dataset).lower()
+    if name not in _READERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_READERS)}")
+    reader = _READERS[name]
+    accepted = [p for p in inspect.signature(reader).parameters if p not in ("dataset_dir", "images_dir", "validate")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"option(s) {unknown} not accepted by the {name} reader; accepted: {accepted}")
+    if name == "folder":
+        root = Path(dataset_dir).expanduser()
+        if (root / "images").is_dir():
+            if "labels_dir" not in options and (root / "labels").is_dir():
+                options["labels_dir"] = root / "labels"
+            root = root / "images"
+        return read_folder(root, validate=validate, **options)
+    return reader(dataset_dir, validate=validate, **options)
