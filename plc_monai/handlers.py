@@ -186,6 +186,8 @@ class PseudoLabelRefresh:
         if self.logger is None:
             self.logger = engine.logger
         engine.add_event_handler(Events.ITERATION_STARTED(event_filter=self._due), self)
+        if hasattr(engine, "resumable"):
+            engine.resumable["pseudo_label_refresh"] = self
 
     def _due(self, engine: Engine, event: int) -> bool:
         # ITERATION_STARTED carries the count of the iteration about to run (1-based): the refresh
@@ -222,7 +224,7 @@ class PseudoLabelRefresh:
     def _quality_keep(self) -> torch.Tensor:
         """Volume-level filter of Table VII: ``[N]`` bool, True for slices of volumes kept."""
         vol = self.store.volume_index
-        num_vol = int(vol.max()) + 1
+        num_vol = int(vol.max()) + 1 if len(vol) else 0
         device = self.images.device
         preds = []
         for _ in range(2):
@@ -240,6 +242,9 @@ class PseudoLabelRefresh:
 
     def refresh(self, iteration: int | None = None) -> dict[str, float]:
         """Re-estimate and store the pseudo-labels now; returns the logged numbers."""
+        if len(self.store) == 0:
+            return {"iteration": float(iteration if iteration is not None else -1), "round": float(self.store.version),
+                    "changed_fraction": 0.0, "duration_s": 0.0, "kept_fraction": 0.0}
         start = time.perf_counter()
         labels = self._predict()
         keep = self._quality_keep() if self.quality_threshold > 0 else None

@@ -21,7 +21,7 @@ class PseudoLabelStore:
     """Pseudo-labels ``[N, *spatial]`` (uint8 class ids) of ``N`` unlabeled slices.
 
     Args:
-        num_items: number of unlabeled slices (or volumes, for 3D use).
+        num_items: number of unlabeled slices (or volumes, for 3D use); 0 for a run without unlabeled data.
         spatial_size: spatial shape of one item, e.g. ``(192, 192)``.
         device: where the labels live; keep it where the training images live.
         volume_index: optional ``[N]`` long tensor mapping each slice to its volume, used by the
@@ -40,8 +40,8 @@ class PseudoLabelStore:
         device: torch.device | str = "cpu",
         volume_index: torch.Tensor | None = None,
     ) -> None:
-        if num_items < 1:
-            raise ValueError(f"a pseudo-label store needs at least one item, got num_items={num_items}.")
+        if num_items < 0:
+            raise ValueError(f"num_items must be >= 0, got {num_items}.")
         device = torch.device(device)
         self.labels = torch.zeros((num_items, *spatial_size), dtype=torch.uint8, device=device)
         self.keep = torch.ones(num_items, dtype=torch.bool, device=device)

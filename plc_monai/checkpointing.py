@@ -1,0 +1,203 @@
+"""Checkpoints that survive interruption: atomic writes, automatic resume, best model per phase.
+
+MONAI's ``CheckpointSaver`` names files after the iteration or metric, so a re-run of the same
+command cannot know which file to resume from, and its best-model tracking spans the whole run.
+The paper keeps the best validation model of each step (warm-up, joint) separately, and a user who
+re-runs an interrupted command expects it to continue. These two handlers do exactly that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import optional_import
+
+Events, _ = optional_import("ignite.engine", name="Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["atomic_torch_save", "ResumeCheckpoint", "BestModelPerPhase"]
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def _unwrap(module: Any) -> Any:
+    """The module inside DistributedDataParallel/DataParallel, so saved keys have no ``module.`` prefix."""
+    return getattr(module, "module", module) if isinstance(module, torch.nn.Module) else module
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: no half-written file is ever visible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class ResumeCheckpoint:
+    """Save everything needed to continue a run to one file, and resume from it when the run restarts.
+
+    Saves ``{name: obj.state_dict()}`` for every entry of ``save_dict`` and of ``engine.resumable``
+    (where the trainer and the handlers of this package register themselves) to ``<save_dir>/<filename>``
+    every ``save_interval`` iterations, at the iterations listed in ``extra_iterations`` (e.g. the end
+    of the warm-up) and when the run completes. At ``STARTED`` it loads that file if it exists and
+    ``resume`` is true, so re-running the same command continues from the last checkpoint. Only rank
+    0 writes; every rank loads.
+
+    Args:
+        save_dir: folder of the checkpoint.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, trainer, ...).
+        save_interval: iterations between saves; 0 disables periodic saves.
+        extra_iterations: further iterations after which to save.
+        resume: load an existing checkpoint at start.
+        filename: checkpoint file name.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        save_interval: int = 500,
+        extra_iterations: tuple[int, ...] | list[int] = (),
+        resume: bool = True,
+        filename: str = "checkpoint.pt",
+    ) -> None:
+        if save_interval < 0:
+            raise ValueError(f"save_interval must be >= 0 iterations, got {save_interval}.")
+        self.path = Path(save_dir) / filename
+        self.save_dict = dict(save_dict)
+        self.save_interval = int(save_interval)
+        self.extra_iterations = {int(i) for i in extra_iterations}
+        self.resume = resume
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _due(self, engine: Engine, event: int) -> bool:
+        return (self.save_interval > 0 and event % self.save_interval == 0) or event in self.extra_iterations
+
+    def _objects(self, engine: Engine | None) -> dict[str, Any]:
+        # handlers attached to the engine register their resumable state in ``engine.resumable``
+        return {**getattr(engine, "resumable", {}), **self.save_dict}
+
+    def save(self, engine: Engine | None = None) -> None:
+        if not _is_main_process():
+            return
+        state = {name: _unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
+        atomic_torch_save(state, self.path)
+
+    def load(self, engine: Engine | None = None) -> bool:
+        """Load the checkpoint if present; returns whether it did."""
+        if not (self.resume and self.path.exists()):
+            return False
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(
+                f"cannot read checkpoint {self.path} ({e}); delete it to start over, or pass --resume false."
+            ) from e
+        objects = self._objects(engine)
+        missing = [name for name in objects if name not in state]
+        if missing:
+            raise RuntimeError(f"checkpoint {self.path} lacks {missing}; it was written by another configuration.")
+        prior_max_epochs = getattr(getattr(engine, "state", None), "max_epochs", None)
+        for name, obj in objects.items():
+            _unwrap(obj).load_state_dict(state[name])
+        if prior_max_epochs is not None:
+            # the schedule of this run's config wins over the one stored in the checkpoint
+            engine.state.max_epochs = prior_max_epochs
+        iteration = getattr(getattr(engine, "state", None), "iteration", "?")
+        self.logger.info(f"resumed from {self.path} at iteration {iteration}")
+        return True
+
+
+class BestModelPerPhase:
+    """Keep the best validation model of each training phase (attach to the evaluator).
+
+    After each validation it reads ``metric_name`` from the evaluator and the phase from the trainer
+    (``trainer.phase()``). An improvement within the phase is kept in memory (the trainer starts the
+    joint phase from the best warm-up weights) and written atomically: the warm-up's best to
+    ``<save_dir>/model_warmup.pt``, the joint phase's best to ``<save_dir>/<final_filename>`` (the
+    deployable ``model.pt``). With no joint phase, the warm-up's best is also the final model.
+
+    Attach it to the trainer (it is a ``train#handlers`` entry, so the bundle config has no
+    reference cycle between trainer and evaluator).
+
+    Args:
+        evaluator: the validation engine (``validate#evaluator``).
+        network: the model whose weights are saved.
+        save_dir: folder for the model files.
+        metric_name: the evaluator metric to maximise.
+        final_filename: file name of the deployable model.
+    """
+
+    def __init__(
+        self,
+        evaluator: Any,
+        network: torch.nn.Module,
+        save_dir: str | os.PathLike,
+        metric_name: str = "val_mean_dice",
+        final_filename: str = "model.pt",
+    ) -> None:
+        self.evaluator = evaluator
+        self.trainer: Any = None
+        self.network = network
+        self.save_dir = Path(save_dir)
+        self.metric_name = metric_name
+        self.final_filename = final_filename
+        self.best: dict[str, dict[str, float]] = {}
+
+    def attach(self, trainer: Engine) -> None:
+        """Attach to the trainer: listens to its evaluator's ``EPOCH_COMPLETED`` and registers for checkpoints."""
+        self.trainer = trainer
+        self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if hasattr(trainer, "resumable"):
+            trainer.resumable["best_model_per_phase"] = self
+
+    def __call__(self, evaluator: Engine) -> None:
+        value = evaluator.state.metrics.get(self.metric_name)
+        if value is None:
+            raise KeyError(f"the evaluator computed no metric {self.metric_name!r}; it has {sorted(evaluator.state.metrics)}.")
+        value = float(value)
+        phase = self.trainer.phase()
+        iteration = int(self.trainer.state.iteration)
+        previous = self.best.get(phase)
+        if value != value or (previous is not None and value <= previous["metric"]):  # NaN or no improvement
+            return
+        self.best[phase] = {"metric": value, "iteration": iteration}
+        weights = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
+        if phase == "warmup":
+            self.trainer.best_warmup_state = weights
+        if _is_main_process():
+            if phase == "warmup":
+                atomic_torch_save(weights, self.save_dir / "model_warmup.pt")
+            if phase == "joint" or self.trainer.warmup_iterations >= self.trainer.total_iterations:
+                atomic_torch_save(weights, self.save_dir / self.final_filename)
+        self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": {k: dict(v) for k, v in self.best.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = {k: dict(v) for k, v in state["best"].items()}

@@ -1,0 +1,96 @@
+"""From a dataset folder and a split choice to the four datalists a run needs.
+
+Bundles call :func:`split_datalists` once: it reads and validates the folder (before any training
+starts), picks the paper's fixed split or a seeded random one (or a saved split file), saves the
+split next to the run's outputs so the run can be repeated exactly, and returns the labeled,
+validation, unlabeled and test datalists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from plc_monai.data.readers import read_datalist
+from plc_monai.data.splits import list_paper_settings, load_paper_split, load_split, random_split, save_split, select
+
+__all__ = ["split_datalists", "SETTING_SIZES"]
+
+SETTING_SIZES = {"tr1": 1, "tr2": 2, "tr8": 8}
+
+
+def _num_labeled(setting: str) -> int:
+    if setting in SETTING_SIZES:
+        return SETTING_SIZES[setting]
+    if setting.startswith("tr") and setting[2:].isdigit() and int(setting[2:]) > 0:
+        return int(setting[2:])
+    raise ValueError(f"setting {setting!r} is not of the form 'trN' (N labeled volumes), e.g. 'tr1', 'tr2', 'tr8'.")
+
+
+def split_datalists(
+    dataset: str,
+    dataset_dir: str | os.PathLike,
+    split: str = "paper",
+    setting: str = "tr1",
+    combo: str = "c1",
+    seed: int = 0,
+    num_validation: int = 2,
+    test_fraction: float = 0.3,
+    exclude_overlap: bool = False,
+    save_to: str | os.PathLike | None = None,
+    validate: bool = True,
+    reader_options: dict[str, Any] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Read ``dataset_dir`` and split it.
+
+    Args:
+        dataset: ``acdc``, ``prostate``, ``mmwhs`` or ``folder``.
+        dataset_dir: the unpacked dataset (the layout the reader expects).
+        split: ``"paper"`` (the authors' fixed ids for ``setting``/``combo``), ``"random"`` (seeded,
+            ``setting`` gives the number of labeled volumes) or the path of a saved split JSON.
+        setting: ``tr1``, ``tr2`` or ``tr8`` (``trN`` for random splits).
+        combo: ``c1`` ... ``c5`` for paper splits.
+        seed: seed of a random split.
+        num_validation: validation volumes of a random split.
+        test_fraction: fraction of volumes held out for testing in a random split.
+        exclude_overlap: drop labeled/validation ids from the paper's unlabeled pool (the authors' pools include them).
+        save_to: where to write the split used (JSON, atomically); ``None`` to skip.
+        validate: validate every volume while reading (recommended: fails before training starts).
+        reader_options: options of the dataset's reader (``frames``, ``channel``, ...).
+
+    Returns:
+        ``{"labeled": [...], "validation": [...], "unlabeled": [...], "test": [...], "split": Split.to_dict()}``.
+        Unlabeled entries carry no ``label`` (it is not used even when the file exists).
+
+    Raises:
+        ValueError: unknown split choice, ids of the split missing from the folder, the readers' errors.
+    """
+    datalist = read_datalist(dataset, dataset_dir, validate=validate, **(reader_options or {}))
+    if split == "paper":
+        if dataset.lower() not in ("acdc", "prostate", "mmwhs"):
+            raise ValueError(f"the paper's splits exist for acdc, prostate and mmwhs, not {dataset!r}; use split='random'.")
+        chosen = load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
+    elif split == "random":
+        chosen = random_split(
+            [e["id"] for e in datalist], _num_labeled(setting), num_validation=num_validation,
+            num_test=test_fraction if test_fraction > 0 else None, seed=seed,
+        )
+    elif Path(split).suffix == ".json":
+        chosen = load_split(split)
+    else:
+        raise ValueError(
+            f"split must be 'paper', 'random' or the path of a split .json file, got {split!r} "
+            f"(paper settings for {dataset}: {list_paper_settings(dataset) if dataset in ('acdc', 'prostate', 'mmwhs') else 'none'})."
+        )
+    out: dict[str, Any] = {
+        "labeled": select(datalist, chosen.labeled, dataset_dir),
+        "validation": select(datalist, chosen.validation, dataset_dir),
+        "unlabeled": [{k: v for k, v in e.items() if k != "label"} for e in select(datalist, chosen.unlabeled, dataset_dir)],
+        "test": select(datalist, chosen.test, dataset_dir),
+    }
+    out["split"] = chosen.to_dict()
+    if save_to is not None:
+        save_split(chosen, save_to)
+    return out
+

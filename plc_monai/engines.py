@@ -1,0 +1,356 @@
+"""The semi-supervised trainer: one iteration of each phase of the paper's schedule, nothing else.
+
+Step 1 (warm-up, Eq. 1): ``warmup_iterations`` iterations of the Dice loss on batches of labeled
+slices. Step 2 (joint training, Eq. 2): every later iteration draws ``labeled_per_batch`` labeled and
+``batch_size - labeled_per_batch`` unlabeled slices; the Dice loss sees the labeled ones, and
+``lambda_cont * PixelContrastiveLoss`` sees all of them with labels and pseudo-labels. The pseudo-labels
+come from a :class:`~plc_monai.pseudo_labels.PseudoLabelStore` that
+:class:`~plc_monai.handlers.PseudoLabelRefresh` rewrites every ``P`` iterations.
+
+The method variants of the paper's comparisons are switches, not copies: ``lambda_cont=0`` with
+``pseudo_labels_in_seg_loss=True`` is self-training; both on is the "joint, pseudo-labels in the
+segmentation loss" row of Table II; ``warmup_iterations`` equal to the total is the supervised
+baseline. A new variant overrides :meth:`warmup_step` or :meth:`joint_step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.engines import Trainer
+from monai.utils import optional_import
+
+from plc_monai.data.slice_pool import SlicePool
+from plc_monai.pseudo_labels import PseudoLabelStore
+
+Events, _ = optional_import("ignite.engine", name="Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["SemiSupervisedTrainer", "IterationTokens"]
+
+
+def _numpy_state_to_torch(state: tuple) -> tuple:
+    """numpy's legacy RNG state with its key array as a tensor, so ``torch.load(weights_only=True)`` reads it."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _numpy_state_from_torch(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+class IterationTokens:
+    """An endless iterable of ``None``: the trainer builds its batches from in-memory slices by index."""
+
+    def __iter__(self):
+        while True:
+            yield None
+
+
+def _generator_state(obj: Any) -> torch.Tensor | None:
+    gen = getattr(obj, "generator", None)
+    return gen.get_state() if isinstance(gen, torch.Generator) else None
+
+
+class SemiSupervisedTrainer(Trainer):
+    """Warm-up then joint training of a :class:`~plc_monai.networks.ContrastiveHeadUNet`, iteration based.
+
+    Args:
+        device: training device.
+        max_epochs: ``total_iterations / epoch_length`` (an "epoch" is only a logging/checkpoint unit here).
+        epoch_length: iterations per epoch.
+        network: a module with ``forward`` (logits) and ``forward_train`` (logits, embedding).
+        optimizer: optimizer over all of ``network``'s parameters (Adam, lr 1e-3 in the paper).
+        seg_loss: segmentation loss called as ``seg_loss(logits [B, C, H, W], labels [B, 1, H, W])``
+            (MONAI ``DiceLoss(to_onehot_y=True, softmax=True)``).
+        labeled: the labeled slices (images ``[N_l, 1, H, W]`` and labels ``[N_l, H, W]``) on ``device``.
+        unlabeled: the unlabeled slices ``[N_u, 1, H, W]`` on ``device``; ``None`` or empty: warm-up only.
+        pseudo_labels: the store of the unlabeled slices' pseudo-labels.
+        contrastive_loss: called as ``loss(embedding [B, D, H, W], labels [B, 1, H, W])``.
+        warmup_iterations: iterations of step 1 (``N1`` = 5000).
+        batch_size: slices per iteration in both steps (20).
+        labeled_per_batch: labeled slices per joint iteration (10); the rest are unlabeled.
+        lambda_cont: weight of the contrastive loss (0.1); 0 skips the contrastive branch.
+        pseudo_labels_in_seg_loss: also apply the segmentation loss to the unlabeled slices with their
+            pseudo-labels (self-training; Table II row 3).
+        seg_augmentation: batched dict transform on ``{"image": [B, 1, H, W], "label": [B, 1, H, W]}``
+            (rotation, scale, flip, elastic); ``None`` for none.
+        intensity_augmentation: batched dict transform on ``{"image": ...}`` (brightness/contrast).
+        shared_forward: one forward pass of all ``batch_size`` slices feeds both losses (default, the
+            paper's ``|X_B| = 20``); ``False`` runs a second pass for the contrastive batch of
+            un-warped slices, as the authors' code did.
+        amp: autocast the forward pass (bf16 where supported, else fp16 with a gradient scaler).
+        channels_last: use the channels-last memory format (faster convolutions on GPU).
+        reset_optimizer_at_joint: clear the optimizer's moments when step 2 starts (the authors build a new optimizer).
+        seed: seed of the slice sampler; the augmentations are seeded with ``seed + 1`` and ``seed + 2``.
+        log_interval: iterations between progress lines (loss values are read from the device only then).
+        train_handlers: Ignite/MONAI handlers to attach.
+        inferer: kept for MONAI bundle compatibility (``train#inferer``); the trainer calls the network directly.
+
+    Raises:
+        ValueError: for inconsistent sizes (e.g. ``labeled_per_batch > batch_size``) or an empty labeled pool.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        epoch_length: int,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        labeled: SlicePool,
+        unlabeled: SlicePool | None = None,
+        pseudo_labels: PseudoLabelStore | None = None,
+        contrastive_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        warmup_iterations: int = 5000,
+        batch_size: int = 20,
+        labeled_per_batch: int = 10,
+        lambda_cont: float = 0.1,
+        pseudo_labels_in_seg_loss: bool = False,
+        seg_augmentation: Callable | None = None,
+        intensity_augmentation: Callable | None = None,
+        shared_forward: bool = True,
+        amp: bool = False,
+        channels_last: bool = False,
+        reset_optimizer_at_joint: bool = True,
+        seed: int = 0,
+        log_interval: int = 50,
+        train_handlers: Sequence | None = None,
+        inferer: Any = None,
+    ) -> None:
+        if len(labeled) == 0 or labeled.labels is None:
+            raise ValueError("the labeled set is empty: at least one labeled volume is needed for the warm-up.")
+        if not 0 < labeled_per_batch <= batch_size:
+            raise ValueError(f"labeled_per_batch must be in [1, batch_size={batch_size}], got {labeled_per_batch}.")
+        if warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}.")
+        if lambda_cont < 0:
+            raise ValueError(f"lambda_cont must be >= 0, got {lambda_cont}.")
+        device = torch.device(device)
+        self.total_iterations = int(max_epochs) * int(epoch_length)
+        has_unlabeled = unlabeled is not None and len(unlabeled) > 0
+        if self.total_iterations > warmup_iterations:
+            if not has_unlabeled:
+                logging.getLogger(__name__).warning(
+                    "no unlabeled slices: the joint phase trains on the labeled slices only (supervised)."
+                )
+            elif pseudo_labels is None:
+                raise ValueError("the joint phase needs a PseudoLabelStore for the unlabeled slices.")
+            if lambda_cont > 0 and contrastive_loss is None:
+                raise ValueError("lambda_cont > 0 needs a contrastive_loss.")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=IterationTokens(),
+            epoch_length=epoch_length,
+            handlers=None,
+            amp=False,  # autocast is handled here (bf16 without a scaler where possible)
+            decollate=False,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.seg_loss = seg_loss
+        self.contrastive_loss = contrastive_loss
+        self.labeled = labeled
+        self.unlabeled = unlabeled if has_unlabeled else None
+        self.pseudo_labels = pseudo_labels if has_unlabeled else None
+        self.warmup_iterations = int(warmup_iterations)
+        self.batch_size = int(batch_size)
+        self.labeled_per_batch = int(labeled_per_batch)
+        self.lambda_cont = float(lambda_cont)
+        self.pseudo_labels_in_seg_loss = bool(pseudo_labels_in_seg_loss)
+        self.seg_augmentation = seg_augmentation
+        self.intensity_augmentation = intensity_augmentation
+        self.shared_forward = shared_forward
+        self.use_amp = bool(amp)
+        self.amp_dtype = (
+            torch.bfloat16 if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+            else torch.float16
+        )
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and self.amp_dtype == torch.float16 else None
+        self.channels_last = channels_last and device.type == "cuda"
+        self.reset_optimizer_at_joint = reset_optimizer_at_joint
+        self.log_interval = max(1, int(log_interval))
+        self.inferer = inferer
+        self.sampler_generator = torch.Generator().manual_seed(seed)
+        for offset, aug in ((1, seg_augmentation), (2, intensity_augmentation)):
+            if aug is not None and hasattr(aug, "set_random_state"):
+                aug.set_random_state(seed + offset)
+        self.best_warmup_state: dict[str, torch.Tensor] | None = None
+        self.joint_started = False
+        self._keep_cache: tuple[int, torch.Tensor] | None = None
+        self._warned: set[str] = set()
+        # objects whose state a ResumeCheckpoint saves; handlers of this package add themselves on attach
+        self.resumable: dict[str, Any] = {"trainer": self, "trainer_extras": _Extras(self)}
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if self.warmup_iterations < self.total_iterations:
+            self.add_event_handler(Events.ITERATION_STARTED(once=self.warmup_iterations + 1), self._start_joint)
+        if train_handlers is not None:
+            for handler in train_handlers:
+                handler.attach(self)
+
+    # --- phases ----------------------------------------------------------------------------------
+    def phase(self, iteration: int | None = None) -> str:
+        """``"warmup"`` or ``"joint"`` for ``iteration`` (1-based; the current one by default)."""
+        iteration = self.state.iteration if iteration is None else iteration
+        return "warmup" if iteration <= self.warmup_iterations else "joint"
+
+    def _start_joint(self, engine: Engine | None = None) -> None:
+        """Step 2 starts from the best warm-up weights (the paper's theta^(0), xi^(0)) with a fresh optimizer."""
+        if self.best_warmup_state is not None:
+            self.network.load_state_dict(self.best_warmup_state)
+            self.logger.info("joint phase: starting from the best warm-up weights")
+        if self.reset_optimizer_at_joint:
+            self.optimizer.state.clear()
+        self.joint_started = True
+
+    # --- batches ---------------------------------------------------------------------------------
+    def _draw(self, high: int, count: int) -> torch.Tensor:
+        return torch.randint(0, high, (count,), generator=self.sampler_generator).to(self.state.device, non_blocking=True)
+
+    def _draw_unlabeled(self, count: int) -> torch.Tensor:
+        store = self.pseudo_labels
+        if self._keep_cache is None or self._keep_cache[0] != store.version:
+            # the admission mask changes only at a refresh: keep a host copy per store version
+            self._keep_cache = (store.version, store.keep.float().cpu())
+        weights = self._keep_cache[1]
+        if not bool(weights.any()):
+            self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; sampling all of them.")
+            weights = torch.ones_like(weights)
+        idx = torch.multinomial(weights, count, replacement=True, generator=self.sampler_generator)
+        return idx.to(self.state.device, non_blocking=True)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.logger.warning(message)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def _augment(self, images: torch.Tensor, labels: torch.Tensor, spatial: bool, intensity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a batch ``images [B, 1, H, W]`` / ``labels [B, H, W]``; returns labels ``[B, 1, H, W]``."""
+        labels = labels.unsqueeze(1)
+        if spatial and self.seg_augmentation is not None:
+            out = self.seg_augmentation({"image": images, "label": labels})
+            images, labels = out["image"], out["label"]
+        if intensity and self.intensity_augmentation is not None:
+            images = self.intensity_augmentation({"image": images})["image"]
+        return images, labels.long()
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    # --- one iteration of each phase -------------------------------------------------------------
+    def warmup_step(self) -> dict[str, torch.Tensor]:
+        """Step 1: Dice loss on ``batch_size`` augmented labeled slices."""
+        idx = self._draw(len(self.labeled), self.batch_size)
+        images, labels = self._augment(self.labeled.images[idx], self.labeled.labels[idx], spatial=True, intensity=True)
+        with self._autocast():
+            logits = self.network(self._prepare(images))
+            loss = self.seg_loss(logits.float(), labels)
+        return {"loss": loss, "seg_loss": loss.detach()}
+
+    def joint_step(self) -> dict[str, torch.Tensor]:
+        """Step 2: Dice on the labeled slices (+ pseudo-labeled ones for self-training) + lambda * contrastive on all."""
+        if self.unlabeled is None:
+            return self.warmup_step()
+        n_l = self.labeled_per_batch
+        n_u = self.batch_size - n_l
+        idx_l, idx_u = self._draw(len(self.labeled), n_l), self._draw_unlabeled(n_u)
+        images = torch.cat([self.labeled.images[idx_l], self.unlabeled.images[idx_u]])
+        labels = torch.cat([self.labeled.labels[idx_l], self.pseudo_labels.labels[idx_u]])
+        seg_count = self.batch_size if self.pseudo_labels_in_seg_loss else n_l
+        use_cont = self.lambda_cont > 0
+        out: dict[str, torch.Tensor] = {}
+        if self.shared_forward or not use_cont:
+            x, y = self._augment(images, labels, spatial=True, intensity=True)
+            with self._autocast():
+                if use_cont:
+                    logits, embedding = self.network.forward_train(self._prepare(x))
+                else:
+                    logits, embedding = self.network(self._prepare(x[:seg_count])), None
+                seg = self.seg_loss(logits[:seg_count].float(), y[:seg_count])
+            cont_labels = y
+        else:
+            x_seg, y_seg = self._augment(images[:seg_count], labels[:seg_count], spatial=True, intensity=True)
+            x_c, cont_labels = self._augment(images, labels, spatial=False, intensity=True)
+            with self._autocast():
+                seg = self.seg_loss(self.network(self._prepare(x_seg)).float(), y_seg)
+                _, embedding = self.network.forward_train(self._prepare(x_c))
+        loss = seg
+        out["seg_loss"] = seg.detach()
+        if use_cont:
+            cont = self.contrastive_loss(embedding, cont_labels)
+            loss = seg + self.lambda_cont * cont
+            out["cont_loss"] = cont.detach()
+        out["loss"] = loss
+        return out
+
+    def _iteration(self, engine: Engine, batchdata: Any = None) -> dict[str, torch.Tensor]:
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        step = self.warmup_step if self.phase(engine.state.iteration) == "warmup" else self.joint_step
+        out = step()
+        loss = out["loss"]
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        out["loss"] = loss.detach()
+        return out
+
+    # --- resumable state beyond the Ignite engine's counters -------------------------------------
+    def extras_state_dict(self) -> dict[str, Any]:
+        """Sampler and augmentation RNG states, global RNG states, the best warm-up weights, phase flag."""
+        return {
+            "sampler_generator": self.sampler_generator.get_state(),
+            "seg_augmentation": _generator_state(self.seg_augmentation),
+            "intensity_augmentation": _generator_state(self.intensity_augmentation),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": _numpy_state_to_torch(np.random.get_state()),
+            "python_rng": random.getstate(),
+            "best_warmup_state": self.best_warmup_state,
+            "joint_started": self.joint_started,
+        }
+
+    def load_extras_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler_generator.set_state(state["sampler_generator"])
+        for key in ("seg_augmentation", "intensity_augmentation"):
+            gen = getattr(getattr(self, key), "generator", None)
+            if state.get(key) is not None and isinstance(gen, torch.Generator):
+                gen.set_state(state[key])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(_numpy_state_from_torch(state["numpy_rng"]))
+        random.setstate(state["python_rng"])
+        self.best_warmup_state = state["best_warmup_state"]
+        self.joint_started = bool(state["joint_started"])
+
+
+
+class _Extras:
+    def __init__(self, trainer: SemiSupervisedTrainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trainer.extras_state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_extras_state_dict(state)
