@@ -138,8 +138,9 @@ class BestModelPerPhase:
     After each validation it reads ``metric_name`` from the evaluator and the phase from the trainer
     (``trainer.phase()``). An improvement within the phase is kept in memory (the trainer starts the
     joint phase from the best warm-up weights) and written atomically: the warm-up's best to
-    ``<save_dir>/model_warmup.pt``, the joint phase's best to ``<save_dir>/<final_filename>`` (the
-    deployable ``model.pt``). With no joint phase, the warm-up's best is also the final model.
+    ``<save_dir>/model_warmup.pt``, the best of the schedule's last phase (``trainer.final_phase``:
+    joint, fine-tuning, or warm-up when there is nothing else) to ``<save_dir>/<final_filename>``, the
+    deployable ``model.pt``.
 
     Attach it to the trainer (it is a ``train#handlers`` entry, so the bundle config has no
     reference cycle between trainer and evaluator).
@@ -192,7 +193,7 @@ class BestModelPerPhase:
         if _is_main_process():
             if phase == "warmup":
                 atomic_torch_save(weights, self.save_dir / "model_warmup.pt")
-            if phase == "joint" or self.trainer.warmup_iterations >= self.trainer.total_iterations:
+            if phase == getattr(self.trainer, "final_phase", phase):
                 atomic_torch_save(weights, self.save_dir / self.final_filename)
         self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
 

@@ -82,6 +82,15 @@ class SemiSupervisedTrainer(Trainer):
         lambda_cont: weight of the contrastive loss (0.1); 0 skips the contrastive branch.
         pseudo_labels_in_seg_loss: also apply the segmentation loss to the unlabeled slices with their
             pseudo-labels (self-training; Table II row 3).
+        seg_weight: weight of the segmentation loss in the joint phase; 0 makes it contrastive
+            pre-training (the first step of the two-step comparison of Table II).
+        finetune_iterations: iterations of a last, segmentation-only phase after the joint phase
+            (the second step of two-step training); 0 (default): none.
+        unlabeled_in_contrastive: feed unlabeled slices with pseudo-labels to the contrastive loss;
+            ``False`` uses labeled slices only (the fully supervised two-step variant).
+        train_forward: a module returning ``(logits, embedding)`` used for every training forward pass,
+            e.g. ``DistributedDataParallel(TrainForward(network))`` for multi-GPU training; by default the
+            network's own ``forward``/``forward_train``.
         seg_augmentation: batched dict transform on ``{"image": [B, 1, H, W], "label": [B, 1, H, W]}``
             (rotation, scale, flip, elastic); ``None`` for none.
         intensity_augmentation: batched dict transform on ``{"image": ...}`` (brightness/contrast).
@@ -117,6 +126,10 @@ class SemiSupervisedTrainer(Trainer):
         labeled_per_batch: int = 10,
         lambda_cont: float = 0.1,
         pseudo_labels_in_seg_loss: bool = False,
+        seg_weight: float = 1.0,
+        finetune_iterations: int = 0,
+        unlabeled_in_contrastive: bool = True,
+        train_forward: torch.nn.Module | None = None,
         seg_augmentation: Callable | None = None,
         intensity_augmentation: Callable | None = None,
         shared_forward: bool = True,
@@ -132,14 +145,21 @@ class SemiSupervisedTrainer(Trainer):
             raise ValueError("the labeled set is empty: at least one labeled volume is needed for the warm-up.")
         if not 0 < labeled_per_batch <= batch_size:
             raise ValueError(f"labeled_per_batch must be in [1, batch_size={batch_size}], got {labeled_per_batch}.")
-        if warmup_iterations < 0:
-            raise ValueError(f"warmup_iterations must be >= 0, got {warmup_iterations}.")
+        if warmup_iterations < 0 or finetune_iterations < 0:
+            raise ValueError(
+                f"warmup_iterations and finetune_iterations must be >= 0, got {warmup_iterations}, {finetune_iterations}."
+            )
         if lambda_cont < 0:
             raise ValueError(f"lambda_cont must be >= 0, got {lambda_cont}.")
         device = torch.device(device)
         self.total_iterations = int(max_epochs) * int(epoch_length)
         has_unlabeled = unlabeled is not None and len(unlabeled) > 0
-        if self.total_iterations > warmup_iterations:
+        if warmup_iterations + finetune_iterations > self.total_iterations:
+            raise ValueError(
+                f"warm-up ({warmup_iterations}) + fine-tuning ({finetune_iterations}) iterations exceed the "
+                f"{self.total_iterations} iterations of the run (max_epochs * epoch_length)."
+            )
+        if self.total_iterations > warmup_iterations + finetune_iterations:
             if not has_unlabeled:
                 logging.getLogger(__name__).warning(
                     "no unlabeled slices: the joint phase trains on the labeled slices only (supervised)."
@@ -169,6 +189,10 @@ class SemiSupervisedTrainer(Trainer):
         self.labeled_per_batch = int(labeled_per_batch)
         self.lambda_cont = float(lambda_cont)
         self.pseudo_labels_in_seg_loss = bool(pseudo_labels_in_seg_loss)
+        self.seg_weight = float(seg_weight)
+        self.finetune_iterations = int(finetune_iterations)
+        self.unlabeled_in_contrastive = bool(unlabeled_in_contrastive)
+        self.train_forward = train_forward
         self.seg_augmentation = seg_augmentation
         self.intensity_augmentation = intensity_augmentation
         self.shared_forward = shared_forward
@@ -182,10 +206,12 @@ class SemiSupervisedTrainer(Trainer):
         self.reset_optimizer_at_joint = reset_optimizer_at_joint
         self.log_interval = max(1, int(log_interval))
         self.inferer = inferer
-        self.sampler_generator = torch.Generator().manual_seed(seed)
+        # under torch.distributed each rank draws its own slices and augmentations
+        rank_seed = seed + 1000 * int(self.state.rank)
+        self.sampler_generator = torch.Generator().manual_seed(rank_seed)
         for offset, aug in ((1, seg_augmentation), (2, intensity_augmentation)):
             if aug is not None and hasattr(aug, "set_random_state"):
-                aug.set_random_state(seed + offset)
+                aug.set_random_state(rank_seed + offset)
         self.best_warmup_state: dict[str, torch.Tensor] | None = None
         self.joint_started = False
         self._keep_cache: tuple[int, torch.Tensor] | None = None
@@ -194,22 +220,36 @@ class SemiSupervisedTrainer(Trainer):
         self.resumable: dict[str, Any] = {"trainer": self, "trainer_extras": _Extras(self)}
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
-        if self.warmup_iterations < self.total_iterations:
+        if self.warmup_iterations < self.joint_end:
             self.add_event_handler(Events.ITERATION_STARTED(once=self.warmup_iterations + 1), self._start_joint)
         if train_handlers is not None:
             for handler in train_handlers:
                 handler.attach(self)
 
     # --- phases ----------------------------------------------------------------------------------
+    @property
+    def joint_end(self) -> int:
+        """Iteration count at which the joint phase ends (the fine-tuning phase, if any, follows)."""
+        return self.total_iterations - self.finetune_iterations
+
+    @property
+    def final_phase(self) -> str:
+        """The last phase of the schedule: its best model is the deployable one."""
+        if self.finetune_iterations > 0:
+            return "finetune"
+        return "joint" if self.joint_end > self.warmup_iterations else "warmup"
+
     def phase(self, iteration: int | None = None) -> str:
-        """``"warmup"`` or ``"joint"`` for ``iteration`` (1-based; the current one by default)."""
+        """``"warmup"``, ``"joint"`` or ``"finetune"`` for ``iteration`` (1-based; the current one by default)."""
         iteration = self.state.iteration if iteration is None else iteration
-        return "warmup" if iteration <= self.warmup_iterations else "joint"
+        if iteration <= self.warmup_iterations:
+            return "warmup"
+        return "joint" if iteration <= self.joint_end else "finetune"
 
     def _start_joint(self, engine: Engine | None = None) -> None:
         """Step 2 starts from the best warm-up weights (the paper's theta^(0), xi^(0)) with a fresh optimizer."""
         if self.best_warmup_state is not None:
-            self.network.load_state_dict(self.best_warmup_state)
+            getattr(self.network, "module", self.network).load_state_dict(self.best_warmup_state)
             self.logger.info("joint phase: starting from the best warm-up weights")
         if self.reset_optimizer_at_joint:
             self.optimizer.state.clear()
@@ -253,47 +293,69 @@ class SemiSupervisedTrainer(Trainer):
         return torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
 
     # --- one iteration of each phase -------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, embedding: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Logits (and embeddings when asked) of ``x``, plus a zero-valued term touching every output.
+
+        Under DistributedDataParallel every parameter must receive a gradient each step, so the
+        (DDP-wrapped) ``train_forward`` always computes both heads and an unused head joins the loss
+        with weight 0. Without DDP only what is needed is computed.
+        """
+        if self.train_forward is not None:
+            logits, emb = self.train_forward(self._prepare(x))
+            return logits, emb if embedding else None, 0.0 * (emb.float().mean() + logits.float().mean())
+        if embedding:
+            logits, emb = self.network.forward_train(self._prepare(x))
+            return logits, emb, logits.new_zeros(())
+        return self.network(self._prepare(x)), None, x.new_zeros(())
+
     def warmup_step(self) -> dict[str, torch.Tensor]:
-        """Step 1: Dice loss on ``batch_size`` augmented labeled slices."""
+        """Step 1 (and the fine-tuning phase): Dice loss on ``batch_size`` augmented labeled slices."""
+        if self.phase() == "finetune" and self.pseudo_labels_in_seg_loss and self.unlabeled is not None:
+            # semi-supervised fine-tuning: labeled + pseudo-labeled slices, no contrastive term
+            return self.joint_step(seg_weight=1.0, lambda_cont=0.0)
         idx = self._draw(len(self.labeled), self.batch_size)
         images, labels = self._augment(self.labeled.images[idx], self.labeled.labels[idx], spatial=True, intensity=True)
         with self._autocast():
-            logits = self.network(self._prepare(images))
+            logits, _, zero = self._forward(images, embedding=False)
             loss = self.seg_loss(logits.float(), labels)
-        return {"loss": loss, "seg_loss": loss.detach()}
+        return {"loss": loss + zero, "seg_loss": loss.detach()}
 
-    def joint_step(self) -> dict[str, torch.Tensor]:
-        """Step 2: Dice on the labeled slices (+ pseudo-labeled ones for self-training) + lambda * contrastive on all."""
-        if self.unlabeled is None:
-            return self.warmup_step()
+    def joint_step(self, seg_weight: float | None = None, lambda_cont: float | None = None) -> dict[str, torch.Tensor]:
+        """Step 2: ``seg_weight`` * Dice on the labeled slices (+ pseudo-labeled ones for self-training)
+        + ``lambda_cont`` * contrastive loss on all slices with labels and pseudo-labels."""
+        seg_weight = self.seg_weight if seg_weight is None else seg_weight
+        lambda_cont = self.lambda_cont if lambda_cont is None else lambda_cont
         n_l = self.labeled_per_batch
-        n_u = self.batch_size - n_l
-        idx_l, idx_u = self._draw(len(self.labeled), n_l), self._draw_unlabeled(n_u)
-        images = torch.cat([self.labeled.images[idx_l], self.unlabeled.images[idx_u]])
-        labels = torch.cat([self.labeled.labels[idx_l], self.pseudo_labels.labels[idx_u]])
+        if self.unlabeled is None or not self.unlabeled_in_contrastive and not self.pseudo_labels_in_seg_loss:
+            # labeled slices only (no unlabeled data, or the fully supervised variant of two-step training)
+            idx_l = self._draw(len(self.labeled), self.batch_size)
+            images, labels = self.labeled.images[idx_l], self.labeled.labels[idx_l]
+            n_l = self.batch_size
+        else:
+            idx_l, idx_u = self._draw(len(self.labeled), n_l), self._draw_unlabeled(self.batch_size - n_l)
+            images = torch.cat([self.labeled.images[idx_l], self.unlabeled.images[idx_u]])
+            labels = torch.cat([self.labeled.labels[idx_l], self.pseudo_labels.labels[idx_u]])
         seg_count = self.batch_size if self.pseudo_labels_in_seg_loss else n_l
-        use_cont = self.lambda_cont > 0
-        out: dict[str, torch.Tensor] = {}
+        use_cont = lambda_cont > 0
         if self.shared_forward or not use_cont:
             x, y = self._augment(images, labels, spatial=True, intensity=True)
             with self._autocast():
-                if use_cont:
-                    logits, embedding = self.network.forward_train(self._prepare(x))
-                else:
-                    logits, embedding = self.network(self._prepare(x[:seg_count])), None
+                logits, embedding, zero = self._forward(x if use_cont else x[:seg_count], embedding=use_cont)
                 seg = self.seg_loss(logits[:seg_count].float(), y[:seg_count])
             cont_labels = y
         else:
             x_seg, y_seg = self._augment(images[:seg_count], labels[:seg_count], spatial=True, intensity=True)
             x_c, cont_labels = self._augment(images, labels, spatial=False, intensity=True)
             with self._autocast():
-                seg = self.seg_loss(self.network(self._prepare(x_seg)).float(), y_seg)
-                _, embedding = self.network.forward_train(self._prepare(x_c))
-        loss = seg
-        out["seg_loss"] = seg.detach()
+                logits, _, zero_a = self._forward(x_seg, embedding=False)
+                seg = self.seg_loss(logits.float(), y_seg)
+                _, embedding, zero_b = self._forward(x_c, embedding=True)
+            zero = zero_a + zero_b
+        loss = seg_weight * seg + zero
+        out: dict[str, torch.Tensor] = {"seg_loss": seg.detach()}
         if use_cont:
             cont = self.contrastive_loss(embedding, cont_labels)
-            loss = seg + self.lambda_cont * cont
+            loss = loss + lambda_cont * cont
             out["cont_loss"] = cont.detach()
         out["loss"] = loss
         return out
@@ -301,7 +363,7 @@ class SemiSupervisedTrainer(Trainer):
     def _iteration(self, engine: Engine, batchdata: Any = None) -> dict[str, torch.Tensor]:
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
-        step = self.warmup_step if self.phase(engine.state.iteration) == "warmup" else self.joint_step
+        step = self.joint_step if self.phase(engine.state.iteration) == "joint" else self.warmup_step
         out = step()
         loss = out["loss"]
         if self.grad_scaler is not None:

@@ -11,7 +11,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-__all__ = ["ContrastiveHeadUNet"]
+__all__ = ["ContrastiveHeadUNet", "TrainForward"]
 
 
 def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, plain: bool = False) -> nn.Module:
@@ -208,3 +208,23 @@ class ContrastiveHeadUNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Contrastive embeddings only, ``[B, embedding_dim, H, W]`` (used for t-SNE figures)."""
         return self.contrastive_head(self.backbone(x))
+
+
+class TrainForward(nn.Module):
+    """``forward`` = ``network.forward_train``: the view to wrap in ``DistributedDataParallel``.
+
+    DDP synchronises gradients only through the wrapped module's ``forward``; calling
+    ``ddp.module.forward_train`` would bypass it. Wrap this view instead:
+    ``DistributedDataParallel(TrainForward(net))`` returns ``(logits, embedding)`` with synchronised
+    gradients, while ``net`` itself (same parameters) stays what inference and export use.
+
+    Args:
+        network: a module with ``forward_train(x) -> (logits, embedding)``.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network.forward_train(x)

@@ -12,7 +12,7 @@ from plc_monai.data.slice_pool import SlicePool
 from plc_monai.engines import SemiSupervisedTrainer
 from plc_monai.handlers import PseudoLabelRefresh
 from plc_monai.losses import PixelContrastiveLoss
-from plc_monai.networks import ContrastiveHeadUNet
+from plc_monai.networks import ContrastiveHeadUNet, TrainForward
 from plc_monai.pseudo_labels import PseudoLabelStore
 
 SIZE = 32
@@ -42,7 +42,7 @@ def _pool(n: int, seed: int, labeled: bool) -> SlicePool:
 
 
 def make_trainer(total: int = 12, warmup: int = 6, lambda_cont: float = 0.1, seed: int = 0, epoch_length: int = 3,
-                 pseudo_in_seg: bool = False) -> tuple[SemiSupervisedTrainer, PseudoLabelRefresh, torch.nn.Module]:
+                 pseudo_in_seg: bool = False, **kwargs) -> tuple[SemiSupervisedTrainer, PseudoLabelRefresh, torch.nn.Module]:
     torch.manual_seed(seed)
     net = ContrastiveHeadUNet(num_classes=3, channels=(4, 8, 8), embedding_dim=8)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -55,7 +55,7 @@ def make_trainer(total: int = 12, warmup: int = 6, lambda_cont: float = 0.1, see
         pseudo_labels=store, contrastive_loss=PixelContrastiveLoss(3, matching="inter"), warmup_iterations=warmup,
         batch_size=4, labeled_per_batch=2, lambda_cont=lambda_cont, pseudo_labels_in_seg_loss=pseudo_in_seg,
         seg_augmentation=RandSpatialBatchd(), intensity_augmentation=RandBrightnessContrastBatchd(), seed=seed,
-        train_handlers=[refresh],
+        train_handlers=[refresh], **{k: (v(net) if callable(v) and k == "train_forward" else v) for k, v in kwargs.items()},
     )
     return trainer, refresh, net
 
@@ -160,3 +160,39 @@ def test_same_seed_same_losses() -> None:
     first, second, other = losses(7), losses(7), losses(8)
     assert first == second
     assert first != other
+
+
+def test_two_step_variant_pretrains_contrastively_then_finetunes() -> None:
+    trainer, _, _ = make_trainer(total=12, warmup=3, seg_weight=0.0, finetune_iterations=3)
+    records: list[tuple[str, dict[str, float]]] = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: records.append((e.phase(), {k: float(v) for k, v in e.state.output.items()})),
+    )
+    trainer.run()
+    assert [r[0] for r in records] == ["warmup"] * 3 + ["joint"] * 6 + ["finetune"] * 3
+    assert trainer.final_phase == "finetune"
+    for phase, out in records:
+        if phase == "joint":  # contrastive pre-training: the Dice term has weight 0
+            assert abs(out["loss"] - 0.1 * out["cont_loss"]) < 1e-5
+        else:
+            assert "cont_loss" not in out and abs(out["loss"] - out["seg_loss"]) < 1e-6
+
+
+def test_schedule_longer_than_run_is_rejected() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="exceed"):
+        make_trainer(total=6, warmup=6, finetune_iterations=3)
+
+
+def test_train_forward_wrapper_matches_direct_calls() -> None:
+    """The DDP path (a TrainForward module computing both heads) trains exactly like the direct path."""
+    direct, _, net_a = make_trainer(total=9, warmup=3, seed=5)
+    direct.run()
+    wrapped, _, net_b = make_trainer(total=9, warmup=3, seed=5, train_forward=TrainForward)
+    wrapped.run()
+    for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        if key.startswith("contrastive_head") and ("running" in key or "num_batches" in key):
+            continue  # the wrapped path also runs the contrastive head's BN during warm-up (weight 0 in the loss)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)

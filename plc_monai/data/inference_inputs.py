@@ -1,0 +1,95 @@
+"""The volumes an inference run segments: a folder of NIfTI files or a datalist, checked before anything runs.
+
+One unreadable or wrongly shaped file must not be dropped silently while the others are segmented:
+every input is checked from its header (cheap) and the run fails with one error that lists every bad
+file and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+
+__all__ = ["list_inference_inputs", "InferenceInputError"]
+
+
+class InferenceInputError(ValueError):
+    """One or more inference inputs cannot be segmented; the message lists each file and why."""
+
+
+def _check(path: Path, num_channels: int | None) -> str | None:
+    """A problem with ``path`` or ``None``: readable NIfTI header, 3D (or 4D with channels last), non-empty."""
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except Exception as e:  # nibabel raises many types for broken files
+        return f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})"
+    if len(shape) == 3:
+        return None
+    if len(shape) == 4 and num_channels is not None:
+        if shape[3] < num_channels:
+            return f"{path}: has {shape[3]} channel(s) on its 4th axis, expected at least {num_channels}"
+        return None
+    expected = "a 3D volume" + (f" or a 4D volume with {num_channels}+ channels last" if num_channels else "")
+    return f"{path}: shape {tuple(shape)} is not {expected}"
+
+
+def list_inference_inputs(
+    dataset_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | Sequence[Any] | None = None,
+    pattern: str = "*.nii.gz",
+    num_channels: int | None = None,
+) -> list[dict[str, str]]:
+    """Inputs of an inference run as a MONAI datalist ``[{"image": path, "id": name}, ...]``.
+
+    Args:
+        dataset_dir: a folder whose files matching ``pattern`` (recursively) are segmented, or a single file.
+        datalist: instead of a folder, a list of paths or dicts with ``image``, or a JSON file holding one.
+        pattern: file pattern inside ``dataset_dir``.
+        num_channels: channels a 4D input must have (e.g. 2 for MSD prostate T2+ADC); ``None``: 3D only.
+
+    Returns:
+        One entry per volume, sorted by path; ``id`` is the file name without ``.nii``/``.nii.gz``.
+
+    Raises:
+        InferenceInputError: no input found, or any input unreadable / not 3D (all bad files listed).
+    """
+    if datalist is not None:
+        if isinstance(datalist, (str, os.PathLike)):
+            datalist = json.loads(Path(datalist).read_text())
+        paths = [Path(d["image"] if isinstance(d, dict) else d) for d in datalist]
+    elif dataset_dir is not None:
+        root = Path(dataset_dir)
+        if root.is_file():
+            paths = [root]
+        elif root.is_dir():
+            paths = sorted(p for p in root.rglob(pattern) if not p.name.startswith("._"))
+        else:
+            raise InferenceInputError(f"{root}: no such file or folder; expected a folder of {pattern} volumes.")
+    else:
+        raise InferenceInputError("give dataset_dir (a folder of NIfTI volumes) or datalist.")
+    if not paths:
+        raise InferenceInputError(f"no {pattern} volume found in {dataset_dir}.")
+    problems = [
+        problem
+        for problem in (f"{path}: no such file" if not path.exists() else _check(path, num_channels) for path in paths)
+        if problem
+    ]
+    if problems:
+        raise InferenceInputError(
+            f"{len(problems)} of {len(paths)} input volume(s) cannot be segmented (nothing was run):\n  "
+            + "\n  ".join(problems)
+        )
+    entries = []
+    for path in paths:
+        name = path.name
+        for ext in (".nii.gz", ".nii"):
+            if name.endswith(ext):
+                name = name[: -len(ext)]
+        entries.append({"image": str(path.resolve()), "id": name})
+    return entries
