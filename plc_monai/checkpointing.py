@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.utils import optional_import
+from plc_monai.atomic_files import atomic_torch_save
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
-__all__ = ["atomic_torch_save", "ResumeCheckpoint", "BestModelPerPhase"]
+__all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
 
 
 def _is_main_process() -> bool:
@@ -34,21 +34,6 @@ def _is_main_process() -> bool:
 def _unwrap(module: Any) -> Any:
     """The module inside DistributedDataParallel/DataParallel, so saved keys have no ``module.`` prefix."""
     return getattr(module, "module", module) if isinstance(module, torch.nn.Module) else module
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: no half-written file is ever visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class ResumeCheckpoint:

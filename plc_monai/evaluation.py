@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from monai.utils import IgniteInfo, min_version, optional_import
+from plc_monai.atomic_files import atomic_write_text
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -462,18 +462,8 @@ def summarise(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``text`` next to ``path`` and rename it into place."""
+    atomic_write_text(path, text)
 
 
 def _csv_cell(value: Any) -> Any:

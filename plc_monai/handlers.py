@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import gzip
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.utils import optional_import
 
 from plc_monai.pseudo_labels import PseudoLabelStore
+from plc_monai.atomic_files import atomic_write_bytes
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -283,10 +284,8 @@ class PseudoLabelRefresh:
             volume = labels[vol == v].permute(1, 2, 0).numpy()  # [H, W, S], slices last
             name = self.volume_names[v] if self.volume_names else f"volume_{v:03d}"
             affine = np.eye(4) if self.volume_affines is None else np.asarray(self.volume_affines[v], dtype=float)
-            fd, tmp = tempfile.mkstemp(suffix=".nii.gz", dir=folder)
-            os.close(fd)
-            nib.save(nib.Nifti1Image(volume.astype(np.uint8), affine), tmp)
-            os.replace(tmp, folder / f"{name}.nii.gz")
+            image = nib.Nifti1Image(volume.astype(np.uint8), affine)
+            atomic_write_bytes(folder / f"{name}.nii.gz", gzip.compress(image.to_bytes(), compresslevel=6))
 
     # --- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import enum
 import inspect
 import os
 import pickle
-import tempfile
 import threading
 import time
 import warnings
@@ -53,6 +52,7 @@ from plc_monai.data.transforms import (
     SelectChanneld,
     SliceAxisLastd,
 )
+from plc_monai.atomic_files import atomic_write
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -248,19 +248,15 @@ class AtomicPersistentDataset(PersistentDataset):
                 warnings.warn(f"unreadable cache file {hashfile} ({e}); recomputing it.", stacklevel=2)
                 hashfile.unlink(missing_ok=True)
         result = self._pre_transform(deepcopy(item_transformed))
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(
-                    convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta),
-                    f,
-                    pickle_module=look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD),
-                    pickle_protocol=self.pickle_protocol,
-                )
-            os.replace(tmp, hashfile)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(
+            hashfile,
+            lambda f: torch.save(
+                convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta),
+                f,
+                pickle_module=look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD),
+                pickle_protocol=self.pickle_protocol,
+            ),
+        )
         return result
 
 
