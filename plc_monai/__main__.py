@@ -12,12 +12,13 @@ from __future__ import annotations
 import fire
 
 from plc_monai import cli
+from plc_monai.data.phantom import phantom
 
 
 def main() -> None:
     fire.Fire(
         {
-            "phantom": cli.phantom,
+            "phantom": phantom,
             "check_data": cli.check_data,
             "prepare": cli.prepare,
             "demo": cli.demo,

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["phantom", "check_data", "prepare", "demo", "bundle_dir", "DEMO_OVERRIDES"]
+from plc_monai.atomic_files import atomic_write_text
+
+__all__ = ["check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES"]
 
 # A schedule and network size that train the ACDC bundle on 2 CPU cores in a few minutes. Every other
 # value (losses, lambda, tau, samples per class, augmentations, refresh logic) is the bundle's default.
@@ -46,22 +48,6 @@ def bundle_dir(dataset: str) -> Path:
     raise FileNotFoundError(
         f"cannot find the {dataset} bundle (looked in {[str(c) for c in candidates]}); run from a checkout of plc_monai."
     )
-
-
-def phantom(
-    dataset: str = "acdc",
-    out: str = "phantom_acdc",
-    num_subjects: int = 12,
-    seed: int = 0,
-    image_size: tuple[int, int] | None = None,
-    num_slices: int | None = None,
-    overwrite: bool = False,
-) -> None:
-    """Write a SYNTHETIC phantom dataset in the raw layout of ``dataset`` (acdc, prostate, mmwhs) to ``out``."""
-    from plc_monai.data.phantom import phantom as _phantom
-
-    _phantom(dataset, out, num_subjects=num_subjects, seed=seed, image_size=image_size, num_slices=num_slices,
-             overwrite=overwrite)
 
 
 def check_data(dataset: str, dataset_dir: str, **reader_options: Any) -> None:
@@ -108,7 +94,7 @@ def _run(cmd: list[str], log_file: Path) -> None:
             raise RuntimeError(f"bundle command failed (exit {proc.returncode}); full log: {log_file}")
 
 
-def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **overrides: Any) -> None:
     """The embedded default: train and evaluate the ACDC bundle on SYNTHETIC phantom data on a CPU.
 
     1. writes ``num_subjects`` phantom ACDC subjects (synthetic; the real data needs registration)
@@ -124,8 +110,7 @@ def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **o
         seed: seed of the phantom data, the split and the training.
         overrides: any bundle id to override, e.g. ``--warmup_iterations 300``.
 
-    Returns:
-        ``{"warmup": summary, "final": summary}`` as written by the evaluation.
+    The table is also written to ``<out>/eval/comparison.md``.
     """
     from plc_monai.data.phantom import write_phantom_dataset
 
@@ -157,9 +142,10 @@ def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **o
         _run(_bundle_command([configs / "train.json", configs / "evaluate.json"], "run", eval_settings),
              out_dir / "logs" / f"evaluate_{name}.log")
         summaries[name] = json.loads((out_dir / "eval" / name / "summary.json").read_text())
-    print(format_comparison(summaries))
+    table = format_comparison(summaries)
+    atomic_write_text(out_dir / "eval" / "comparison.md", table + "\n")
+    print(table)
     print(f"total {time.perf_counter() - start:.0f} s; results in {out_dir / 'eval'} (SYNTHETIC data)")
-    return summaries
 
 
 def format_comparison(summaries: dict[str, dict[str, Any]]) -> str:
