@@ -136,6 +136,7 @@ class PixelContrastiveLoss(_Loss):
         include_background: bool = False,
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
+        check_inputs: bool = True,
     ) -> None:
         """
         Args:
@@ -153,6 +154,10 @@ class PixelContrastiveLoss(_Loss):
                 terms).
             generator: random generator for anchor sampling. Defaults to torch's global RNG.
                 ``forward`` accepts one too, which takes precedence.
+            check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range) on every
+                call. Each check reads a device value on the host, i.e. synchronises a CUDA stream;
+                a training loop that already feeds valid labels may turn them off on the GPU. Shape
+                checks always run (they cost nothing).
 
         Raises:
             ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
@@ -185,6 +190,7 @@ class PixelContrastiveLoss(_Loss):
         self.num_samples = num_samples
         self.include_background = bool(include_background)
         self.generator = generator
+        self.check_inputs = bool(check_inputs)
 
     @property
     def candidate_classes(self) -> list[int]:
@@ -252,7 +258,7 @@ class PixelContrastiveLoss(_Loss):
         onehot = masks.to(dtype)
         # a float sum of ones is exact below 2**24 and much faster than a bool sum
         counts = (onehot.sum(dim=2) if ids.shape[1] < 2**24 else masks.sum(dim=2)).long()
-        if int(counts.sum()) != ids.numel():
+        if self.check_inputs and int(counts.sum()) != ids.numel():
             lo, hi = torch.aminmax(ids)
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo.item()}, {hi.item()}].")
         return masks, onehot, counts
@@ -405,7 +411,8 @@ class PixelContrastiveLoss(_Loss):
         feats = features.to(compute_dtype).reshape(batch, dim, -1)  # [B, D, N]
         masks, onehot, counts_long = self._class_masks(ids, compute_dtype)  # [B, C, N] x 2, [B, C]
         counts = counts_long.to(compute_dtype)
-        cand = torch.tensor(self.candidate_classes, device=features.device)
+        # arange on the device: no host-to-device copy (a tensor from a Python list would block on CUDA)
+        cand = torch.arange(0 if self.include_background else 1, self.num_classes, device=features.device)
         n_cand = cand.shape[0]
         src, partner = rows[:, 0], rows[:, 1]
         if self.num_samples is None:
@@ -415,7 +422,7 @@ class PixelContrastiveLoss(_Loss):
             n_draw = pixels3.shape[-1]
             pixels = pixels3.reshape(rows.shape[0], -1)  # [R, K*S]
         sums, anchor_feats = _ClassSumsAndAnchors.apply(feats, onehot, src, pixels)  # [B, D, C], [R, A, D]
-        if not torch.isfinite(sums).all():
+        if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
             if not torch.isfinite(features).all():
                 raise ValueError("features contain NaN or Inf.")

@@ -372,3 +372,17 @@ def test_forward_validation():
     # odd batches are fine with explicit pairs or intra matching
     assert torch.isfinite(loss(features[:3], labels[:3], pairs=torch.tensor([[0, 1], [2, 0]])))
     assert torch.isfinite(PixelContrastiveLoss(4, matching="intra")(features[:3], labels[:3]))
+
+
+def test_check_inputs_off_skips_value_checks_but_keeps_the_result() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(4, 8, 16, 16)
+    labels = torch.randint(0, 3, (4, 1, 16, 16))
+    checked = PixelContrastiveLoss(3, num_samples=None)
+    unchecked = PixelContrastiveLoss(3, num_samples=None, check_inputs=False)
+    torch.testing.assert_close(unchecked(features, labels), checked(features, labels))
+    bad = features.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        checked(bad, labels)
+    assert not torch.isfinite(unchecked(bad, labels))  # no check, no exception: NaN propagates

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def test_main_writes_json_with_positive_numbers_and_consistent_ratios(tmp_path: 
     assert _positive_finite(full["wall_s"]) and full["validation_s"] <= full["wall_s"]
 
     assert _positive_finite(payload["memory"]["peak_rss_mib"])
+    assert payload["joint_iteration_syncs"] is None  # listed on CUDA only
     assert payload["targets"]["applicable"] is False  # the GPU targets are not judged on a CPU
     assert payload["machine"]["torch"] == torch.__version__
     assert returned["step_ms"] == steps
@@ -101,3 +103,18 @@ def test_bad_arguments_are_rejected() -> None:
         train_speed.parse_args(["--iterations", "0"])
     with pytest.raises(SystemExit):
         train_speed.main(["--device", "cpu", "--spatial", "48", "--channels", "8", "16", "32", "32", "32", "32"])
+
+
+def test_sync_probe_records_where_syncs_happen(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CUDA calls are replaced: the probe's bookkeeping is what is tested here
+    modes: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    probe = train_speed.SyncProbe(None, torch.device("cuda"), iteration=5)
+    probe._begin()
+    warnings.warn("called a synchronizing CUDA operation")
+    warnings.warn("an unrelated warning")
+    probe._end()
+    assert modes == ["warn", "default"]
+    assert len(probe.syncs) == 1 and probe.syncs[0].startswith("test_train_speed_benchmark.py:")
+    assert "synchronizing" in probe.syncs[0]
