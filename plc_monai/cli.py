@@ -64,17 +64,49 @@ def check_data(dataset: str, dataset_dir: str, **reader_options: Any) -> None:
           f"({time.perf_counter() - start:.1f} s); ids: {[e['id'] for e in datalist]}")
 
 
-def prepare(dataset: str, dataset_dir: str, cache_dir: str, n4: bool = True, **options: Any) -> None:
-    """Preprocess every volume of ``dataset_dir`` once into ``cache_dir`` (N4, normalisation, resampling, crop)."""
-    from plc_monai.data.preprocessing import prepare as _prepare
+def prepare(bundle: str = "acdc", dataset_dir: str | None = None, cache_dir: str | None = None, **overrides: Any) -> None:
+    """Preprocess a dataset once into the bundle's cache (N4, normalisation, resampling, crop).
 
-    _prepare(dataset, dataset_dir, cache_dir, n4=n4, **options)
+    Uses the bundle's own ``train.json`` (its ``data`` split and ``train#preprocessing``), so the files
+    written are exactly the ones ``run training`` / ``evaluate`` look up: a later run starts without
+    recomputing N4. Volumes are processed one at a time and each cache file appears atomically.
+
+    Args:
+        bundle: a bundle folder (``bundles/acdc``) or a dataset name (``acdc``, ``prostate``, ``mmwhs``).
+        dataset_dir: the dataset folder (overrides the bundle's ``dataset_dir``).
+        cache_dir: where to cache (overrides the bundle's ``cache_dir``).
+        overrides: any other bundle id, e.g. ``--split random --n4 False``.
+    """
+    from monai.bundle import ConfigParser
+
+    from plc_monai.data.preprocessing import AtomicPersistentDataset, hash_transforms
+
+    root = Path(bundle) if Path(bundle, "configs").is_dir() else bundle_dir(bundle)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser["bundle_root"] = str(root)
+    for key, value in {"dataset_dir": dataset_dir, "cache_dir": cache_dir, **overrides}.items():
+        if value is not None:
+            parser[key] = value
+    data = parser.get_parsed_content("data")
+    transform = parser.get_parsed_content("train#preprocessing")
+    cache = parser.get_parsed_content("cache_dir")
+    entries = data["labeled"] + data["validation"] + data["test"] + data["unlabeled"]
+    dataset = AtomicPersistentDataset(entries, transform, cache_dir=cache, hash_transform=hash_transforms, track_meta=True)
+    start = time.perf_counter()
+    for i, entry in enumerate(entries):
+        t0 = time.perf_counter()
+        dataset[i]
+        print(f"[{i + 1}/{len(entries)}] {entry['id']}: {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"{len(entries)} volumes cached in {cache} ({time.perf_counter() - start:.0f} s)")
 
 
 def _bundle_command(config_files: list[Path], run_id: str, overrides: dict[str, Any]) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str([str(c) for c in config_files])]
     for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
+        # Fire parses values as Python literals: booleans must be True/False (json's "false" is a string)
+        text = repr(value) if isinstance(value, bool) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        cmd += [f"--{key}", text]
     return cmd
 
 

@@ -320,7 +320,7 @@ def test_mmwhs_good_layout_and_subfolder(tmp_path):
     make_mmwhs(tmp_path / "mr_train", cases=(1003, 1001, 1020))
     entries = read_mmwhs(tmp_path)
     assert ids(entries) == ["1001", "1003", "1020"]
-    assert all(e["dataset"] == "mmwhs" and e["label_aliases"] == [[421, 420]] for e in entries)
+    assert all(e["dataset"] == "mmwhs" and e["raw_label_aliases"] == [[421, 420]] for e in entries)
     assert entries[0]["image"] == str(tmp_path / "mr_train/mr_train_1001_image.nii.gz")
     assert read_mmwhs(tmp_path / "mr_train") == entries
 
@@ -332,7 +332,7 @@ def test_mmwhs_raw_values_and_421(tmp_path):
     with pytest.raises(VolumeValidationError, match=r"unexpected label value\(s\) 421; expected values in") as err:
         read_mmwhs(root, extra_label_aliases={})
     assert str(odd) in str(err.value) and "[0, 205, 420, 500, 550, 600, 820, 850]" in str(err.value)
-    assert read_mmwhs(root, extra_label_aliases={}, validate=False)[1]["label_aliases"] == []
+    assert read_mmwhs(root, extra_label_aliases={}, validate=False)[1]["raw_label_aliases"] == []
     save(root / "mr_train_1002_label.nii.gz", label((0, 205, 300)))
     with pytest.raises(VolumeValidationError, match=r"value\(s\) 300;"):
         read_mmwhs(root)
@@ -342,7 +342,7 @@ def test_mmwhs_raw_values_and_421(tmp_path):
         read_mmwhs(root, extra_label_aliases={205: 420})
     # the recorded aliases turn into a class index for preprocessing: 420 is the left atrium, class 2
     (entry,) = read_mmwhs(root, validate=False)[:1]
-    assert alias_classes(MMWHS, entry["label_aliases"]) == {421: MMWHS.class_names.index("LA")} == {421: 2}
+    assert alias_classes(MMWHS, entry["raw_label_aliases"]) == {421: MMWHS.class_names.index("LA")} == {421: 2}
     with pytest.raises(ValueError, match="430 is not a mmwhs label value"):
         alias_classes(MMWHS, {431: 430})
 

@@ -163,11 +163,11 @@ def test_map_label_values(tmp_path):
     assert float(out["label"][0, 0, 0, 0]) == 2.0
     # the readers' per-entry form: [[raw, target raw], ...]
     out = T.MapLabelValuesd("label", raw_values=spec.raw_label_values)(
-        load({"label": path, "label_aliases": [[421, 420]]})
+        load({"label": path, "raw_label_aliases": [[421, 420]]})
     )
     assert float(out["label"][0, 0, 0, 0]) == 2.0
     with pytest.raises(ValueError, match=r"lab.nii.gz.*421 -> 7"):
-        T.MapLabelValuesd("label", raw_values=spec.raw_label_values)(load({"label": path, "label_aliases": [[421, 7]]}))
+        T.MapLabelValuesd("label", raw_values=spec.raw_label_values)(load({"label": path, "raw_label_aliases": [[421, 7]]}))
     with pytest.raises(ValueError, match="unique"):
         T.MapLabelValuesd("label", raw_values=(0, 1, 1))
 

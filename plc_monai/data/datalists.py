@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plc_monai.data.readers import read_datalist
-from plc_monai.data.splits import list_paper_settings, load_paper_split, load_split, random_split, save_split, select
+from plc_monai.data.splits import Split, list_paper_settings, load_paper_split, load_split, random_split, save_split, select
 
 __all__ = ["split_datalists", "SETTING_SIZES"]
 
@@ -72,9 +72,18 @@ def split_datalists(
             raise ValueError(f"the paper's splits exist for acdc, prostate and mmwhs, not {dataset!r}; use split='random'.")
         chosen = load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
     elif split == "random":
-        chosen = random_split(
-            [e["id"] for e in datalist], _num_labeled(setting), num_validation=num_validation,
+        # several entries of one patient (ACDC ED + ES frames) stay on the same side of the split
+        groups: dict[str, list[str]] = {}
+        for e in datalist:
+            groups.setdefault(str(e.get("patient", e["id"])), []).append(e["id"])
+        by_patient = random_split(
+            list(groups), _num_labeled(setting), num_validation=num_validation,
             num_test=test_fraction if test_fraction > 0 else None, seed=seed,
+        )
+        chosen = Split(
+            **{part: [i for g in getattr(by_patient, part) for i in groups[g]]
+               for part in ("labeled", "validation", "unlabeled", "test")},
+            seed=by_patient.seed, source=by_patient.source + " (by patient)",
         )
     elif Path(split).suffix == ".json":
         chosen = load_split(split)

@@ -92,7 +92,7 @@ MMWHS_LABEL_ALIASES: Mapping[int, int] = MappingProxyType({421: 420})
 
 One MM-WHS MRI training label is reported to hold a few voxels with value 421, one off the left
 atrium's 420, read here as a labelling slip. The MM-WHS reader accepts it and records
-``label_aliases = [[421, 420]]`` in each datalist entry so that preprocessing maps 421 to the left
+``raw_label_aliases = [[421, 420]]`` in each datalist entry so that preprocessing maps 421 to the left
 atrium class (see :func:`alias_classes`); pass ``extra_label_aliases={}`` to reject such files.
 """
 
@@ -345,11 +345,11 @@ def validate_entry(
     ``channel`` key (MSD prostate), with ``0 <= channel < C``; the used image channel must be finite
     and not constant. The label must be 3D with the image's spatial shape, an affine equal to the
     image's within 1e-3, and only values from ``label_values`` (default: the spec's raw values plus
-    the entry's ``label_aliases``).
+    the entry's ``raw_label_aliases``).
 
     Args:
         entry: a dict with ``image`` and optionally ``label`` paths, ``id``, ``channel``,
-            ``label_aliases`` (``[[raw, target], ...]``).
+            ``raw_label_aliases`` (``[[raw, target], ...]``).
         spec: the dataset's description, for the allowed label values; ``None`` skips the value
             check unless ``label_values`` is given.
         label_values: explicit allowed label values; overrides ``spec``.
@@ -374,7 +374,7 @@ def validate_entry(
         if label_values is not None:
             allowed = tuple(sorted({int(v) for v in label_values}))
         else:
-            allowed = allowed_label_values(spec, entry.get("label_aliases"))
+            allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
         try:
             lab, lab_data = _load(label_path)
         except ValueError as err:
@@ -671,8 +671,8 @@ def read_mmwhs(
         validate: read every volume and check it (:func:`validate_entry`).
 
     Returns:
-        Entries ``{"image", "label", "id", "dataset", "label_aliases"}`` sorted by ``id`` (``"1001"``);
-        ``label_aliases`` is ``[[raw, target], ...]`` for preprocessing to apply before mapping raw
+        Entries ``{"image", "label", "id", "dataset", "raw_label_aliases"}`` sorted by ``id`` (``"1001"``);
+        ``raw_label_aliases`` is ``[[raw, target], ...]`` for preprocessing to apply before mapping raw
         values to classes.
 
     Raises:
@@ -706,7 +706,8 @@ def read_mmwhs(
             "label": _abs(labels[c]),
             "id": c,
             "dataset": MMWHS.name,
-            "label_aliases": [list(p) for p in pairs],
+            # not "label_..." : MONAI treats every "label_*" key as the label's meta dictionary
+            "raw_label_aliases": [list(p) for p in pairs],
         }
         for c in sorted(images.keys() & labels.keys())
     ]

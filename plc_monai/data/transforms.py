@@ -175,7 +175,7 @@ class MapLabelValuesd(MapTransform):
         keys: KeysCollection,
         raw_values: Sequence[float],
         aliases: Mapping[float, int] | None = None,
-        aliases_key: str | None = "label_aliases",
+        aliases_key: str | None = "raw_label_aliases",
         dtype: torch.dtype = torch.float32,
         atol: float = 1e-3,
         allow_missing_keys: bool = False,
