@@ -5,6 +5,7 @@ Commands:
     check_data  read and validate a dataset folder, print what was found
     prepare     preprocess a dataset folder into the on-disk cache (N4, normalisation, resampling)
     demo        phantom ACDC data, a short CPU training through the ACDC bundle, a Dice table
+    experiment  the paper's comparisons: every (method, combo) trained, evaluated, tabulated with figures
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fire
 
 from plc_monai import cli
 from plc_monai.data.phantom import phantom
+from plc_monai.experiments.harness import experiment
 
 
 def main() -> None:
@@ -22,6 +24,7 @@ def main() -> None:
             "check_data": cli.check_data,
             "prepare": cli.prepare,
             "demo": cli.demo,
+            "experiment": experiment,
         },
         name="plc_monai",
     )

@@ -1,0 +1,337 @@
+"""Figures of an experiment: t-SNE of pixel features (Fig. 3), Dice per pseudo-labeling round (Fig. 4), example slices.
+
+Every figure is a PNG written atomically with matplotlib's Agg backend. Models and volumes are read
+the way the bundle reads them: the run's config files and settings give the network definition and
+the preprocessing, the run's ``split.json`` gives the volume ids, and the dataset reader gives the
+files (unlabeled volumes of the phantom and of the real datasets still have labels on disk, which
+the t-SNE plot uses for colouring only).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plc_monai.experiments.runs import RunSpec, bundle_parser
+
+__all__ = [
+    "load_run_network",
+    "load_run_volumes",
+    "sample_pixels_per_class",
+    "tsne_figure",
+    "round_curve_figure",
+    "example_slices_figure",
+]
+
+_CLASS_COLOURS = ("#000000", "#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` as PNG via a temporary file in the same folder, then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_run_network(run: RunSpec, ckpt_file: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
+    """The run's network (``network_def`` of its configs) with the weights of ``ckpt_file``, in eval mode.
+
+    Args:
+        run: the run.
+        ckpt_file: a ``state_dict`` file; the run's ``models/model.pt`` by default.
+        device: where to put the network.
+
+    Raises:
+        FileNotFoundError: when the checkpoint does not exist.
+    """
+    ckpt = Path(ckpt_file) if ckpt_file is not None else run.ckpt_dir / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"model file {ckpt} of run {run.name} does not exist; train the run first.")
+    parser = bundle_parser(run.config_files, run.settings)
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network.to(device).eval()
+
+
+def load_run_volumes(run: RunSpec, subset: str, max_volumes: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Preprocessed volumes of the run's split, with their labels, and the class names.
+
+    Args:
+        run: a trained run (its ``split.json`` must exist).
+        subset: ``"unlabeled"`` or ``"test"``; unlabeled volumes without a label file on disk are
+            skipped, and when none has one the test volumes are used instead.
+        max_volumes: at most this many volumes (in split order).
+
+    Returns:
+        ``(items, class_names)``: items with ``image`` ``[1, H, W, S]``, ``label`` ``[1, H, W, S]`` and ``id``.
+
+    Raises:
+        FileNotFoundError: when the run has no ``split.json``.
+        ValueError: for an unknown ``subset``.
+    """
+    from plc_monai.data.readers import read_datalist
+    from plc_monai.data.splits import load_split, select
+
+    if subset not in ("unlabeled", "test"):
+        raise ValueError(f"subset must be 'unlabeled' or 'test', got {subset!r}.")
+    split_file = run.run_dir / "split.json"
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{split_file} does not exist; the run's training writes it.")
+    split = load_split(split_file)
+    parser = bundle_parser(run.config_files, run.settings)
+    options = parser.get_parsed_content("reader_options") or {}
+    datalist = read_datalist(parser["dataset_name"], run.settings["dataset_dir"], validate=False, **options)
+    ids = list(split.unlabeled if subset == "unlabeled" else split.test)
+    entries = [e for e in select(datalist, ids, run.settings["dataset_dir"]) if "label" in e]
+    if not entries and subset == "unlabeled":
+        entries = [e for e in select(datalist, list(split.test), run.settings["dataset_dir"]) if "label" in e]
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    items = [preprocessing(e) for e in entries[: max(0, int(max_volumes))]]
+    return items, list(parser["class_names"])
+
+
+def _slices(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack volumes ``[1, H, W, S]`` into slices: images ``[N, 1, H, W]``, labels ``[N, H, W]``."""
+    images = torch.cat([torch.as_tensor(i["image"]).float().permute(3, 0, 1, 2) for i in items])
+    labels = torch.cat([torch.as_tensor(i["label"])[0].permute(2, 0, 1).round().long() for i in items])
+    return images, labels
+
+
+def sample_pixels_per_class(
+    labels: torch.Tensor, classes: Sequence[int], per_class: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Flat indices of up to ``per_class`` random pixels of each class in ``classes``, without loops.
+
+    Each pixel of a wanted class gets a random key; pixels are sorted by (class, key) and the first
+    ``per_class`` of each class are kept.
+
+    Args:
+        labels: integer label maps of any shape (flattened in C order).
+        classes: the class indices to sample.
+        per_class: pixels per class (fewer when a class has fewer pixels).
+        generator: random generator for reproducible samples.
+
+    Returns:
+        ``[M]`` long indices into ``labels.reshape(-1)``, grouped by class in the order of ``classes``.
+
+    Raises:
+        ValueError: when ``per_class < 1``.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}.")
+    flat = labels.reshape(-1).long()
+    wanted = torch.as_tensor(list(classes), dtype=torch.long)
+    rank_of_class = torch.full((int(max(int(flat.max()), int(wanted.max()) if len(wanted) else 0)) + 1,), -1,
+                               dtype=torch.long)
+    rank_of_class[wanted] = torch.arange(len(wanted))
+    group = rank_of_class[flat]
+    candidates = torch.nonzero(group >= 0).flatten()
+    if candidates.numel() == 0:
+        return candidates
+    keys = torch.rand(candidates.numel(), generator=generator)
+    order = torch.argsort(group[candidates].double() + keys.double() * 0.5)  # class first, random within
+    sorted_idx = candidates[order]
+    sorted_group = group[sorted_idx]
+    first = torch.searchsorted(sorted_group, sorted_group, side="left")
+    position = torch.arange(sorted_group.numel()) - first
+    return sorted_idx[position < per_class]
+
+
+@torch.no_grad()
+def _features(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Backbone features ``[N, F, H, W]`` (the common network ``c_theta``'s output)."""
+    return torch.cat([network.backbone(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def _predict(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    return torch.cat([network(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+
+
+def tsne_figure(
+    runs: Mapping[str, RunSpec],
+    out_png: str | os.PathLike,
+    num_volumes: int = 2,
+    per_class: int = 200,
+    seed: int = 0,
+) -> Path:
+    """Fig. 3: t-SNE of backbone pixel features of unlabeled images, one panel per method.
+
+    The same pixels (``per_class`` per foreground structure, from the first ``num_volumes`` unlabeled
+    volumes of the first run's split) are embedded for each method's final model, coloured by their
+    ground-truth structure.
+
+    Args:
+        runs: ``{panel title: run}``, e.g. ``{"self-training": ..., "proposed (inter)": ...}``.
+        out_png: the PNG to write.
+        num_volumes: unlabeled volumes to sample pixels from.
+        per_class: pixels per structure.
+        seed: seed of the pixel sample and of t-SNE.
+
+    Returns:
+        The PNG path.
+
+    Raises:
+        ValueError: when ``runs`` is empty or the volumes hold no foreground pixel.
+    """
+    from sklearn.manifold import TSNE
+
+    if not runs:
+        raise ValueError("tsne_figure needs at least one run.")
+    first = next(iter(runs.values()))
+    items, class_names = load_run_volumes(first, "unlabeled", num_volumes)
+    if not items:
+        raise ValueError(f"run {first.name}: no unlabeled or test volume with a label file to plot.")
+    images, labels = _slices(items)
+    classes = list(range(1, len(class_names)))
+    generator = torch.Generator().manual_seed(seed)
+    idx = sample_pixels_per_class(labels, classes, per_class, generator)
+    if idx.numel() < 3:
+        raise ValueError(f"run {first.name}: the sampled volumes hold {idx.numel()} foreground pixels; need >= 3.")
+    pixel_labels = labels.reshape(-1)[idx].numpy()
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
+    for ax, (title, run) in zip(axes[0], runs.items()):
+        network = load_run_network(run)
+        feats = _features(network, images)  # [N, F, H, W]
+        points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[idx].numpy()
+        perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3.0)))
+        xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
+        for k in classes:
+            sel = pixel_labels == k
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=5, alpha=0.7, color=_CLASS_COLOURS[k % len(_CLASS_COLOURS)],
+                           label=class_names[k])
+        ax.set_title(f"{title} ({run.combo})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="best", markerscale=3, fontsize=8)
+    fig.suptitle("t-SNE of pixel features of the common network (unlabeled images, coloured by ground truth)")
+    return _save_png(fig, out_png)
+
+
+def round_curve_figure(
+    curves: Mapping[str, Mapping[str, Mapping[int, float]]], out_png: str | os.PathLike, title: str = ""
+) -> Path:
+    """Fig. 4: test mean foreground Dice after each pseudo-labeling round, per method.
+
+    Args:
+        curves: ``{method label: {combo: {round: Dice}}}``; round 0 is the warm-up model.
+        out_png: the PNG to write.
+        title: figure title.
+
+    Returns:
+        The PNG path.
+
+    Raises:
+        ValueError: when ``curves`` holds no value.
+    """
+    if not any(any(per_combo for per_combo in c.values()) for c in curves.values()):
+        raise ValueError("round_curve_figure: no round results to plot.")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, (method, per_combo) in enumerate(curves.items()):
+        colour = f"C{i}"
+        rounds = sorted({r for values in per_combo.values() for r in values})
+        for values in per_combo.values():
+            xs = sorted(values)
+            ax.plot(xs, [values[r] for r in xs], color=colour, alpha=0.3, linewidth=1)
+        means = [float(np.mean([v[r] for v in per_combo.values() if r in v])) for r in rounds]
+        ax.plot(rounds, means, color=colour, marker="o", linewidth=2, label=f"{method} (mean of {len(per_combo)})")
+    ax.set_xlabel("pseudo-labeling round (0: warm-up model)")
+    ax.set_ylabel("test mean foreground Dice")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save_png(fig, out_png)
+
+
+def example_slices_figure(
+    runs: Mapping[str, RunSpec], out_png: str | os.PathLike, num_examples: int = 3, max_volumes: int = 3
+) -> Path:
+    """Example test slices: image, ground truth and each run's prediction (on the preprocessed grid).
+
+    The slices with the largest foreground area among the first ``max_volumes`` test volumes, one
+    per volume while volumes last.
+
+    Args:
+        runs: ``{column title: run}``, e.g. ``{"baseline": ..., "proposed (inter)": ...}``.
+        out_png: the PNG to write.
+        num_examples: rows of the figure.
+        max_volumes: test volumes to choose slices from.
+
+    Returns:
+        The PNG path.
+
+    Raises:
+        ValueError: when ``runs`` is empty or there is no labeled test volume.
+    """
+    if not runs:
+        raise ValueError("example_slices_figure needs at least one run.")
+    first = next(iter(runs.values()))
+    items, class_names = load_run_volumes(first, "test", max_volumes)
+    if not items:
+        raise ValueError(f"run {first.name}: no test volume with a label file.")
+    images, labels = _slices(items)
+    volume = torch.cat([torch.full((torch.as_tensor(it["image"]).shape[-1],), v) for v, it in enumerate(items)])
+    area = (labels > 0).flatten(1).sum(1).double()
+    # rank of each slice within its volume by foreground area (0: the volume's largest), then order the
+    # slices by (rank, -area): the best slice of every volume first, the largest of those first
+    by_volume = torch.argsort(volume.double() * (2 * area.max() + 2) - area, stable=True)
+    sorted_volume = volume[by_volume]
+    rank = torch.empty_like(volume)
+    rank[by_volume] = torch.arange(volume.numel()) - torch.searchsorted(sorted_volume, sorted_volume, side="left")
+    chosen = torch.argsort(rank.double() * (2 * area.max() + 2) - area, stable=True)[:num_examples]
+    predictions = {title: _predict(load_run_network(run), images[chosen]) for title, run in runs.items()}
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap([_CLASS_COLOURS[k % len(_CLASS_COLOURS)] for k in range(len(class_names))])
+    cols = 2 + len(runs)
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.6 * cols, 2.6 * len(chosen)), squeeze=False)
+    for row, s in enumerate(chosen.tolist()):
+        panels = [("image", None), ("ground truth", labels[s])] + [(t, p[row]) for t, p in predictions.items()]
+        for col, (title, mask) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(images[s, 0].numpy().T, cmap="gray", origin="lower")
+            if mask is not None:
+                m = mask.numpy().T
+                ax.imshow(np.ma.masked_where(m == 0, m), cmap=cmap, vmin=0, vmax=len(class_names) - 1,
+                          alpha=0.5, origin="lower", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.suptitle("test slices: " + ", ".join(f"{class_names[k]}" for k in range(1, len(class_names))), fontsize=9)
+    return _save_png(fig, out_png)

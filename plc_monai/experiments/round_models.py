@@ -1,0 +1,107 @@
+"""Save the model at the end of every pseudo-labeling round (for the paper's Fig. 4).
+
+Fig. 4 of Chaitanya et al. plots the test Dice after each pseudo-labeling step. The trainer keeps
+only the best model per phase, so this handler writes the weights the schedule has at each round
+boundary: ``model_round_0.pt`` is the model the first pseudo-labels come from (the best warm-up
+model, which the joint phase starts from), ``model_round_<k>.pt`` the network after iteration
+``warmup_iterations + k * interval`` (the end of round ``k``, just before the refresh of round
+``k + 1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import optional_import
+
+from plc_monai.checkpointing import atomic_torch_save
+
+Events, _ = optional_import("ignite.engine", name="Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["RoundModelSaver", "round_model_path"]
+
+ROUND_FILENAME = "model_round_{round}.pt"
+
+
+def round_model_path(save_dir: str | os.PathLike, round_index: int) -> Path:
+    """Where :class:`RoundModelSaver` writes the model of round ``round_index`` (0: the warm-up model)."""
+    return Path(save_dir) / ROUND_FILENAME.format(round=int(round_index))
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+class RoundModelSaver:
+    """An Ignite handler writing ``model_round_<k>.pt`` at the end of each pseudo-labeling round.
+
+    Fires at ``ITERATION_COMPLETED`` of iterations ``warmup_iterations + k * interval`` for
+    ``k = 0 .. num_rounds``. For ``k = 0`` it writes the trainer's best warm-up weights
+    (``trainer.best_warmup_state``, set by :class:`~plc_monai.checkpointing.BestModelPerPhase`), which
+    the joint phase starts from, or the current weights when no validation has run yet. Files are
+    plain ``state_dict`` files (the format of ``model.pt``) written atomically; only rank 0 writes.
+    Add it to a bundle with ``"+train#handlers": [{"_target_": "plc_monai.experiments.round_models.RoundModelSaver", ...}]``.
+
+    Args:
+        network: the trained model (unwrapped from DDP when wrapped).
+        save_dir: folder of the round models (the run's ``ckpt_dir``).
+        warmup_iterations: iterations of the warm-up (``N1``).
+        interval: iterations per round (``P``).
+        num_rounds: pseudo-labeling rounds; ``0`` saves only the warm-up model.
+
+    Raises:
+        ValueError: when ``interval < 1`` or ``warmup_iterations``/``num_rounds`` are negative.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        save_dir: str | os.PathLike,
+        warmup_iterations: int,
+        interval: int,
+        num_rounds: int,
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"RoundModelSaver interval must be >= 1 iteration, got {interval}.")
+        if warmup_iterations < 0 or num_rounds < 0:
+            raise ValueError(
+                f"warmup_iterations and num_rounds must be >= 0, got {warmup_iterations} and {num_rounds}."
+            )
+        self.network = network
+        self.save_dir = Path(save_dir)
+        self.warmup_iterations = int(warmup_iterations)
+        self.interval = int(interval)
+        self.num_rounds = int(num_rounds)
+        self.trainer: Any = None
+
+    @property
+    def iterations(self) -> dict[int, int]:
+        """``{iteration: round}`` at which a round model is written."""
+        return {self.warmup_iterations + k * self.interval: k for k in range(self.num_rounds + 1)}
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``ITERATION_COMPLETED`` at the round boundaries of ``engine``."""
+        self.trainer = engine
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
+
+    def _due(self, engine: Engine, event: int) -> bool:
+        return event in self.iterations
+
+    def __call__(self, engine: Engine) -> None:
+        round_index = self.iterations[int(engine.state.iteration)]
+        if not _is_main_process():
+            return
+        weights = getattr(engine, "best_warmup_state", None) if round_index == 0 else None
+        if weights is None:
+            module = getattr(self.network, "module", self.network)
+            weights = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        path = round_model_path(self.save_dir, round_index)
+        atomic_torch_save(weights, path)
+        engine.logger.info(f"round model {round_index} (iteration {engine.state.iteration}) saved to {path}")
