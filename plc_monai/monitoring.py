@@ -1,0 +1,162 @@
+"""Warnings about degenerate training data that does not stop training but deserves a look.
+
+Small labeled sets make some situations likely: a structure absent from the labeled pool or from
+the labeled slices of a batch, or a network early in training whose pseudo-labels are background
+everywhere. The losses stay finite in all of them (the Dice loss is smoothed, the contrastive loss
+skips absent classes), so training goes on; :class:`DegenerateBatchMonitor` says once per
+condition that it happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import optional_import
+
+Events, _ = optional_import("ignite.engine", name="Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["DegenerateBatchMonitor"]
+
+
+class _LabelRecorder:
+    """Wraps a segmentation loss and keeps a reference to the labels of its last call (no copy, no sync)."""
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.loss = loss
+        self.last_labels: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.last_labels = labels
+        return self.loss(logits, labels)
+
+
+class DegenerateBatchMonitor:
+    """Log a warning, once per condition, when training data is degenerate (an Ignite handler).
+
+    Conditions:
+
+    - ``labeled_pool_missing``: a structure is absent from every labeled slice (checked once, at
+      ``STARTED``, from ``engine.labeled.labels``).
+    - ``batch_missing``: a structure is absent from the labels the segmentation loss saw in the last
+      iteration before a check (the labeled slices of the batch; with self-training also the
+      pseudo-labeled ones).
+    - ``pseudo_background_volumes``: after a pseudo-label refresh, some unlabeled volumes'
+      pseudo-labels are background everywhere; ``pseudo_background_all`` when all of them are.
+    - ``non_finite_loss``: the last iteration's loss is NaN or Inf.
+
+    Checks run every ``interval`` iterations only, so the device is synchronised only then: the
+    monitor wraps ``engine.seg_loss`` to keep a reference to the labels it receives (no copy), and
+    reads them, the pseudo-label store (when its version changed) and ``state.output["loss"]`` at
+    the check. ``counts`` holds how many checks met each condition.
+
+    Args:
+        num_classes: classes including background.
+        interval: iterations between checks.
+        class_names: one name per class for the messages; ``"class k"`` by default.
+
+    Raises:
+        ValueError: when ``num_classes < 2`` or ``interval < 1``, or ``class_names`` has the wrong length.
+    """
+
+    CONDITIONS = ("labeled_pool_missing", "batch_missing", "pseudo_background_volumes", "pseudo_background_all",
+                  "non_finite_loss")
+
+    def __init__(self, num_classes: int, interval: int = 50, class_names: Sequence[str] | None = None) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}.")
+        if interval < 1:
+            raise ValueError(f"DegenerateBatchMonitor interval must be >= 1 iteration, got {interval}.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes.")
+        self.num_classes = int(num_classes)
+        self.interval = int(interval)
+        self.class_names = list(class_names) if class_names is not None else [f"class {k}" for k in range(num_classes)]
+        self.counts = dict.fromkeys(self.CONDITIONS, 0)
+        self.warned: set[str] = set()
+        self.recorder: _LabelRecorder | None = None
+        self._checked_version = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Wrap ``engine.seg_loss`` (when present) and register the checks."""
+        loss = getattr(engine, "seg_loss", None)
+        if loss is not None:
+            self.recorder = loss if isinstance(loss, _LabelRecorder) else _LabelRecorder(loss)
+            engine.seg_loss = self.recorder
+        engine.add_event_handler(Events.STARTED, self.check_labeled_pool)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    # --- reporting -------------------------------------------------------------------------------
+    def _report(self, engine: Engine, condition: str, message: str) -> None:
+        self.counts[condition] += 1
+        if condition not in self.warned:
+            self.warned.add(condition)
+            engine.logger.warning(f"{message} (warned once; training continues)")
+
+    def _absent(self, labels: torch.Tensor) -> list[str]:
+        """Names of the foreground classes absent from ``labels`` (one host sync)."""
+        present = torch.bincount(labels.reshape(-1).long().clamp(0, self.num_classes - 1), minlength=self.num_classes)
+        absent = (present[1:] == 0).nonzero().flatten().cpu().tolist()
+        return [self.class_names[k + 1] for k in absent]
+
+    # --- checks ----------------------------------------------------------------------------------
+    def check_labeled_pool(self, engine: Engine) -> None:
+        """Structures absent from every labeled slice of the training set."""
+        pool = getattr(engine, "labeled", None)
+        labels = getattr(pool, "labels", None)
+        if labels is None or labels.numel() == 0:
+            return
+        absent = self._absent(labels)
+        if absent:
+            self._report(
+                engine, "labeled_pool_missing",
+                f"structure(s) {absent} absent from every labeled slice: the network learns to predict them "
+                "nowhere; check the label values or choose another labeled set",
+            )
+
+    def __call__(self, engine: Engine) -> None:
+        iteration = engine.state.iteration
+        if self.recorder is not None and self.recorder.last_labels is not None:
+            absent = self._absent(self.recorder.last_labels)
+            if absent:
+                self._report(
+                    engine, "batch_missing",
+                    f"iteration {iteration}: structure(s) {absent} absent from every labeled slice of the batch",
+                )
+        store = getattr(engine, "pseudo_labels", None)
+        if store is not None and len(store) and store.version != self._checked_version:
+            self._checked_version = store.version
+            self._check_pseudo_labels(engine, store, iteration)
+        output = engine.state.output if isinstance(engine.state.output, dict) else {}
+        loss = output.get("loss")
+        if torch.is_tensor(loss) and not bool(torch.isfinite(loss).all()):
+            self._report(engine, "non_finite_loss", f"iteration {iteration}: the loss is {float(loss.float().mean())}")
+
+    def _check_pseudo_labels(self, engine: Engine, store: Any, iteration: int) -> None:
+        foreground = (store.labels > 0).flatten(1).sum(1)  # [N] foreground pixels per slice
+        vol = store.volume_index
+        num_volumes = int(vol.max()) + 1
+        per_volume = torch.zeros(num_volumes, dtype=foreground.dtype, device=foreground.device)
+        per_volume.index_add_(0, vol, foreground)
+        present = torch.zeros(num_volumes, dtype=torch.bool, device=vol.device)
+        present[vol] = True  # volume indices that hold slices
+        empty, total = int(((per_volume == 0) & present).sum()), int(present.sum())
+        if empty == 0:
+            return
+        if empty == total:
+            self._report(
+                engine, "pseudo_background_all",
+                f"iteration {iteration}: the pseudo-labels of refresh {store.version} are background everywhere; "
+                "the contrastive loss gets no foreground anchors from unlabeled slices",
+            )
+        else:
+            self._report(
+                engine, "pseudo_background_volumes",
+                f"iteration {iteration}: {empty} of {total} unlabeled volume(s) have all-background pseudo-labels "
+                f"after refresh {store.version}",
+            )
