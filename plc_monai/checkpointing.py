@@ -100,7 +100,7 @@ class ResumeCheckpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise RuntimeError(
-                f"cannot read checkpoint {self.path} ({e}); delete it to start over, or pass --resume false."
+                f"cannot read checkpoint {self.path} ({e}); delete it to start over, or pass --resume False."
             ) from e
         objects = self._objects(engine)
         missing = [name for name in objects if name not in state]

@@ -137,6 +137,7 @@ def check_training_config(
     combo: str,
     split: str,
     dataset: str,
+    switches: Mapping[str, Any] | None = None,
 ) -> None:
     """Check a training bundle's values before any data is read; raise one error listing every problem.
 
@@ -169,6 +170,9 @@ def check_training_config(
         combo: paper combination, e.g. ``"c1"`` (``combo``).
         split: ``"paper"``, ``"random"`` or a split file path (``split``).
         dataset: dataset name (``dataset_name``).
+        switches: on/off config values by id (``n4``, ``resume``, ``amp``, ...), each of which must be
+            a real boolean: on the command line ``--n4 false`` arrives as the string ``'false'``,
+            which Python reads as true, so it is rejected with a hint to write ``False``.
 
     Raises:
         ConfigValueError: (a ``ValueError``) naming every invalid config id, its value and what is expected.
@@ -219,6 +223,12 @@ def check_training_config(
                 f"the trainer runs {run} iterations (the joint phase gets the extra ones)."
             )
     problems += _split_problems(split, setting, combo, dataset_name)
+    for name, value in (switches or {}).items():
+        if not isinstance(value, bool):
+            problems.append(
+                f"'{name}' = {value!r}: expected True or False (on the command line write --{name} True or False, "
+                "capitalised: a lower-case 'false' is a non-empty string and would count as on)"
+            )
     if problems:
         body = "\n".join(f"  - {p}" for p in problems)
         raise ConfigValueError(f"{len(problems)} invalid training config value(s):\n{body}")

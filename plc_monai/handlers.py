@@ -157,7 +157,7 @@ class PseudoLabelRefresh:
             raise ValueError(f"PseudoLabelRefresh interval must be >= 1 iteration, got {interval}.")
         if images.shape[0] != len(store):
             raise ValueError(f"{images.shape[0]} unlabeled images but the store holds {len(store)} pseudo-labels.")
-        if images.shape[2:] != store.labels.shape[1:]:
+        if images.shape[0] > 0 and images.shape[2:] != store.labels.shape[1:]:
             raise ValueError(
                 f"unlabeled images have spatial shape {list(images.shape[2:])}, "
                 f"the store holds {list(store.labels.shape[1:])}."

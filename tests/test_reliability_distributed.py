@@ -80,7 +80,7 @@ def test_torchrun_bundle_two_processes_rank0_writes_and_logs(tmp_path):
         "--dataset_dir", str(data / "training"), "--split", "random", "--setting", "tr1",
         "--warmup_iterations", "2", "--num_rounds", "1", "--pseudo_label_interval", "2", "--val_interval", "4",
         "--log_interval", "1", "--save_interval", "2", "--batch_size", "4", "--labeled_per_batch", "2",
-        "--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8]", "--n4", "false",
+        "--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8]", "--n4", "False",
         "--output_dir", str(out), "--cache_dir", str(out / "cache"), "--ckpt_dir", str(out / "models"),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -36,7 +36,7 @@ from plc_monai.pseudo_labels import PseudoLabelStore
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
-TINY = ["--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8,8]", "--n4", "false",
+TINY = ["--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8,8]", "--n4", "False",
         "--warmup_iterations", "2", "--num_rounds", "1", "--pseudo_label_interval", "2", "--val_interval", "2",
         "--batch_size", "4", "--labeled_per_batch", "2", "--split", "random", "--setting", "tr1"]
 
@@ -183,7 +183,14 @@ def test_bundle_defaults_pass_the_checks(bundle):
     check_training_config(**args, dataset=config["dataset_name"])
     # the initialize list calls the check with every argument by reference
     call = next(c for c in config["initialize"] if isinstance(c, dict) and c["_target_"].endswith("check_training_config"))
+    switches = call.pop("switches")
     assert call == {"_target_": call["_target_"], **{k: f"@{k}" for k in args}, "dataset": "@dataset_name"}
+    # every on/off id is checked to be a real boolean
+    assert switches == {k: f"@{k}" for k in switches}
+    assert {"n4", "resume", "amp", "save_pseudo_labels"} <= set(switches)
+    check_training_config(**args, dataset=config["dataset_name"], switches={"n4": True, "resume": False})
+    with pytest.raises(ValueError, match="'n4' = 'false': expected True or False"):
+        check_training_config(**args, dataset=config["dataset_name"], switches={"n4": "false"})
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def test_bundle_inference_over_100_volumes_keeps_memory_flat(tmp_path):
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles/acdc/configs/inference.json"),
         "--dataset_dir", str(inputs), "--output_dir", str(out), "--ckpt_file", str(tmp_path / "model.pt"),
-        "--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8]", "--n4", "false",
+        "--crop_size", "32", "--spacing_mm", "3.0", "--channels", "[4,8]", "--n4", "False",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: tiny convolutions, possibly a busy CPU
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -37,7 +37,7 @@ def command(dataset_dir: Path, out: Path) -> list[str]:
         "--warmup_iterations", str(WARMUP), "--num_rounds", "2", "--pseudo_label_interval", str((TOTAL - WARMUP) // 2),
         "--val_interval", "4", "--log_interval", "1", "--save_interval", str(SAVE_INTERVAL),
         "--batch_size", "4", "--labeled_per_batch", "2", "--crop_size", "32", "--spacing_mm", "3.0",
-        "--channels", "[4,8]", "--n4", "false", "--seed", "5",
+        "--channels", "[4,8]", "--n4", "False", "--seed", "5",
         "--output_dir", str(out), "--cache_dir", str(out / "cache"), "--ckpt_dir", str(out / "models"),
     ]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
+from plc_monai.data.readers import load_volume
 
 __all__ = ["list_inference_inputs", "InferenceInputError"]
 
@@ -25,10 +25,11 @@ class InferenceInputError(ValueError):
 def _check(path: Path, num_channels: int | None) -> str | None:
     """A problem with ``path`` or ``None``: readable NIfTI header, 3D (or 4D with channels last), non-empty."""
     try:
-        img = nib.load(str(path))
+        # the whole file, not only the header: a cut-off .nii.gz keeps a valid header
+        img, _ = load_volume(str(path))
         shape = img.shape
-    except Exception as e:  # nibabel raises many types for broken files
-        return f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})"
+    except ValueError as e:
+        return str(e)
     if len(shape) == 3:
         return None
     if len(shape) == 4 and num_channels is not None:

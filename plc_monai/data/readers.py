@@ -247,7 +247,7 @@ def _nifti_from_gzip(path: str) -> Any:
     raise ImageFileError("no NIfTI-1 or NIfTI-2 header after decompression")
 
 
-def _load(path: str) -> tuple[Any, np.ndarray]:
+def load_volume(path: str) -> tuple[Any, np.ndarray]:
     """Read header and voxels of one file; ``ValueError`` naming the file when it cannot be read.
 
     ``.nii.gz`` files are decompressed in full, which verifies the gzip checksum: a corrupted
@@ -362,7 +362,7 @@ def validate_entry(
     channel = None if entry.get("channel") is None else int(entry["channel"])
     image, spatial_shape = None, None
     try:
-        image, data = _load(image_path)
+        image, data = load_volume(image_path)
     except ValueError as err:
         problems.append(str(err))
     else:
@@ -376,7 +376,7 @@ def validate_entry(
         else:
             allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
         try:
-            lab, lab_data = _load(label_path)
+            lab, lab_data = load_volume(label_path)
         except ValueError as err:
             problems.append(str(err))
         else:
