@@ -22,11 +22,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
+
+from plc_monai.atomic_files import atomic_write_text
 
 __all__ = [
     "ConfigValueError",
@@ -299,13 +300,5 @@ def write_run_info(output_dir: str | os.PathLike, seed: int, filename: str = "ru
         "python": sys.version.split()[0], "torch": torch.__version__, "monai": monai.__version__,
         "plc_monai": plc_monai.__version__,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path

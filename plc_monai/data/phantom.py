@@ -463,6 +463,34 @@ def _nifti_pair(
 # --------------------------------------------------------------------------------------------------
 
 
+def _subject_grid(
+    rng: np.random.Generator,
+    image_size: tuple[int, int] | None,
+    num_slices: int | None,
+    xy: tuple[int, int],
+    sp: tuple[float, float],
+    nz: tuple[int, int],
+    dz: tuple[float, float],
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """A subject's voxel grid: shape ``(X, Y, Z)`` and spacing in mm.
+
+    Draws a default in-plane size in ``[xy[0], xy[1])``, in-plane spacing in ``sp``, slice count in
+    ``nz`` and slice thickness in ``dz``. ``image_size``/``num_slices`` overrides keep the drawn field
+    of view (the spacing changes instead), so small test phantoms show the same anatomy.
+    """
+    default_xy = rng.integers(xy[0], xy[1], size=2)
+    default_sp = rng.uniform(*sp)
+    default_nz = int(rng.integers(nz[0], nz[1]))
+    default_dz = rng.uniform(*dz)
+    if image_size is None:
+        nxy, spacing_xy = default_xy, default_sp
+    else:
+        nxy = np.asarray(image_size)
+        spacing_xy = default_sp * float(default_xy.mean()) / float(nxy.mean())
+    slices = default_nz if num_slices is None else num_slices
+    return (int(nxy[0]), int(nxy[1]), slices), (spacing_xy, spacing_xy, default_dz * default_nz / slices)
+
+
 def _acdc_cycle(seed: int, index: int) -> tuple[int, int]:
     """``(ES frame, number of frames)`` of ACDC patient ``index`` (own stream: file names need it)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _DATASET_KEYS["acdc"], index, 1]))
@@ -474,19 +502,8 @@ def _acdc_subject(
 ) -> tuple[dict[str, object], dict]:
     """One ACDC patient folder: ED/ES images and labels and ``Info.cfg``."""
     pid = f"patient{index + 1:03d}"
-    default_xy = rng.integers(160, 225, size=2)
-    default_sp = rng.uniform(1.2, 1.9)
-    default_nz = int(rng.integers(8, 13))
-    default_dz = rng.uniform(5.0, 10.0)
-    if image_size is None:
-        nxy, sp = default_xy, default_sp
-    else:
-        nxy = np.asarray(image_size)
-        sp = default_sp * float(default_xy.mean()) / float(nxy.mean())
-    nz = default_nz if num_slices is None else num_slices
-    dz = default_dz * default_nz / nz
-    shape = (int(nxy[0]), int(nxy[1]), nz)
-    spacing = (sp, sp, dz)
+    shape, spacing = _subject_grid(rng, image_size, num_slices, xy=(160, 225), sp=(1.2, 1.9), nz=(8, 13), dz=(5.0, 10.0))
+    sp, nz = spacing[0], shape[2]
 
     group = _ACDC_GROUPS[int(rng.integers(len(_ACDC_GROUPS)))]
     es_frame, nb_frame = _acdc_cycle(seed, index)
@@ -675,19 +692,8 @@ def _prostate_subject(
 ) -> tuple[dict[str, object], dict]:
     """One MSD prostate case: 4D T2/ADC image and zone labels."""
     case = f"prostate_{index:02d}"
-    default_xy = rng.integers(240, 273, size=2)
-    default_sp = rng.uniform(0.4, 0.7)
-    default_nz = int(rng.integers(16, 23))
-    default_dz = rng.uniform(3.0, 4.0)
-    if image_size is None:
-        nxy, sp = default_xy, default_sp
-    else:
-        nxy = np.asarray(image_size)
-        sp = default_sp * float(default_xy.mean()) / float(nxy.mean())
-    nz = default_nz if num_slices is None else num_slices
-    dz = default_dz * default_nz / nz
-    shape = (int(nxy[0]), int(nxy[1]), nz)
-    spacing = (sp, sp, dz)
+    shape, spacing = _subject_grid(rng, image_size, num_slices, xy=(240, 273), sp=(0.4, 0.7), nz=(16, 23), dz=(3.0, 4.0))
+    sp, nz, dz = spacing[0], shape[2], spacing[2]
     extent = nz * dz
 
     bph = rng.uniform(0.9, 1.25)
@@ -800,19 +806,8 @@ def _mmwhs_subject(
 ) -> tuple[dict[str, object], dict]:
     """One MM-WHS MR case: image and raw-valued labels of the seven structures."""
     stem = f"mr_train_{1001 + index}"
-    default_xy = rng.integers(120, 137, size=2)
-    default_sp = rng.uniform(1.5, 2.0)
-    default_nz = int(rng.integers(52, 65))
-    default_dz = rng.uniform(1.6, 2.0)
-    if image_size is None:
-        nxy, sp = default_xy, default_sp
-    else:
-        nxy = np.asarray(image_size)
-        sp = default_sp * float(default_xy.mean()) / float(nxy.mean())
-    nz = default_nz if num_slices is None else num_slices
-    dz = default_dz * default_nz / nz
-    shape = (int(nxy[0]), int(nxy[1]), nz)
-    spacing = (sp, sp, dz)
+    shape, spacing = _subject_grid(rng, image_size, num_slices, xy=(120, 137), sp=(1.5, 2.0), nz=(52, 65), dz=(1.6, 2.0))
+    sp, nz, dz = spacing[0], shape[2], spacing[2]
     spec = get_spec("mmwhs")
     value = dict(zip(spec.class_names, spec.raw_label_values))
 

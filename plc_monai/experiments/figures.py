@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plc_monai.atomic_files import atomic_write_bytes
 from plc_monai.experiments.runs import RunSpec, bundle_parser
 
 __all__ = [
@@ -45,19 +45,10 @@ def _pyplot() -> Any:
 def _save_png(fig: Any, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` as PNG via a temporary file in the same folder, then close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -24,7 +24,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from plc_monai.atomic_files import atomic_write_text
 from plc_monai.experiments import figures as _figures
 from plc_monai.experiments.paper_results import METHOD_LABELS, METHOD_TABLE, paper_dice
 from plc_monai.experiments.round_models import round_model_path
@@ -51,16 +51,7 @@ _ECHO_MARKERS = ("iteration", "best ", "refresh", "resumed", "round model", "Vol
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
