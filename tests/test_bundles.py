@@ -174,7 +174,7 @@ def test_scheme_selects_model_folder_and_matching(name, tmp_path):
 def test_bundles_differ_only_in_dataset_constants(name):
     """Keys outside the dataset constants are identical to ACDC's in every config file."""
     constants = {"dataset_name", "class_names", "num_classes", "spacing_mm", "crop_size", "label_raw_values",
-                 "label_aliases", "reader_options", "bundle_root", "dataset_dir", "input_channels"}
+                 "label_aliases", "reader_options", "bundle_root", "dataset_dir", "input_channels", "input_exclude"}
     for config in ("train", "evaluate", "inference", "scheme_intra", "multi_gpu_train"):
         ours, ref = read_json(config_file(name, config)), read_json(config_file("acdc", config))
         assert set(ours) == set(ref), f"{name}/{config}.json has other top-level keys than acdc"

@@ -173,3 +173,20 @@ def test_cut_file_has_readable_header_but_no_voxels(tmp_path, tmp_path_factory):
     assert nib.load(cut).shape == nib.load(good).shape
     with pytest.raises((OSError, EOFError, ValueError)):
         np.asarray(nib.load(cut).dataobj)
+
+
+def test_inference_inputs_exclude_label_files(tmp_path):
+    """An ACDC patient folder holds frames, ground truths and the 4D cine: only the frames are inputs."""
+    import nibabel as nib
+    import numpy as np
+
+    from plc_monai.data.inference_inputs import list_inference_inputs
+
+    for name in ("patient001_frame01", "patient001_frame01_gt", "patient001_frame12", "patient001_frame12_gt"):
+        nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 3, 2), np.float32), np.eye(4)), tmp_path / "patient001_4d.nii.gz")
+    entries = list_inference_inputs(tmp_path, exclude=["*_gt.nii.gz", "*_4d.nii.gz"])
+    assert [e["id"] for e in entries] == ["patient001_frame01", "patient001_frame12"]
+    # without the exclusion the 4D cine is reported as a bad input, by name
+    with pytest.raises(ValueError, match="patient001_4d"):
+        list_inference_inputs(tmp_path)

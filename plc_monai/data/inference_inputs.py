@@ -7,6 +7,7 @@ file and what was expected.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ def list_inference_inputs(
     datalist: str | os.PathLike | Sequence[Any] | None = None,
     pattern: str = "*.nii.gz",
     num_channels: int | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[dict[str, str]]:
     """Inputs of an inference run as a MONAI datalist ``[{"image": path, "id": name}, ...]``.
 
@@ -53,6 +55,8 @@ def list_inference_inputs(
         datalist: instead of a folder, a list of paths or dicts with ``image``, or a JSON file holding one.
         pattern: file pattern inside ``dataset_dir``.
         num_channels: channels a 4D input must have (e.g. 2 for MSD prostate T2+ADC); ``None``: 3D only.
+        exclude: file-name patterns left out of a folder, e.g. ``["*_gt.nii.gz", "*_4d.nii.gz"]`` so
+            that an ACDC patient folder yields only its frames.
 
     Returns:
         One entry per volume, sorted by path; ``id`` is the file name without ``.nii``/``.nii.gz``.
@@ -69,7 +73,10 @@ def list_inference_inputs(
         if root.is_file():
             paths = [root]
         elif root.is_dir():
-            paths = sorted(p for p in root.rglob(pattern) if not p.name.startswith("._"))
+            paths = sorted(
+                p for p in root.rglob(pattern)
+                if not p.name.startswith("._") and not any(fnmatch.fnmatch(p.name, x) for x in exclude)
+            )
         else:
             raise InferenceInputError(f"{root}: no such file or folder; expected a folder of {pattern} volumes.")
     else:
