@@ -365,6 +365,17 @@ def _resample_to_full_grid(
     return out[0, 0].numpy()
 
 
+def _check_n4_arguments(mask: str | None, shrink_factor: int, num_fitting_levels: int, num_iterations: int) -> None:
+    """Raise ``ValueError`` for an unknown mask mode or a non-positive N4 setting."""
+    if mask not in ("otsu", None):
+        raise ValueError(f"mask must be 'otsu' or None, got {mask!r}.")
+    if shrink_factor < 1 or num_fitting_levels < 1 or num_iterations < 1:
+        raise ValueError(
+            f"shrink_factor, num_fitting_levels and num_iterations must be >= 1, got "
+            f"{shrink_factor}, {num_fitting_levels}, {num_iterations}."
+        )
+
+
 def n4_bias_field_correction(
     image: np.ndarray,
     spacing: Sequence[float],
@@ -402,13 +413,7 @@ def n4_bias_field_correction(
         ValueError: on bad arguments, non-finite values, fewer than 2 non-singleton axes, a
             constant image or an empty mask.
     """
-    if mask not in ("otsu", None):
-        raise ValueError(f"mask must be 'otsu' or None, got {mask!r}.")
-    if shrink_factor < 1 or num_fitting_levels < 1 or num_iterations < 1:
-        raise ValueError(
-            f"shrink_factor, num_fitting_levels and num_iterations must be >= 1, got "
-            f"{shrink_factor}, {num_fitting_levels}, {num_iterations}."
-        )
+    _check_n4_arguments(mask, shrink_factor, num_fitting_levels, num_iterations)
     arr = np.asarray(image, dtype=np.float32)
     if len(spacing) != arr.ndim:
         raise ValueError(f"{name}: spacing {tuple(spacing)} does not match the image shape {arr.shape}.")
@@ -503,13 +508,7 @@ class N4BiasFieldCorrectiond(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if mask not in ("otsu", None):
-            raise ValueError(f"mask must be 'otsu' or None, got {mask!r}.")
-        if shrink_factor < 1 or num_fitting_levels < 1 or num_iterations < 1:
-            raise ValueError(
-                f"shrink_factor, num_fitting_levels and num_iterations must be >= 1, got "
-                f"{shrink_factor}, {num_fitting_levels}, {num_iterations}."
-            )
+        _check_n4_arguments(mask, shrink_factor, num_fitting_levels, num_iterations)
         self.enabled = bool(enabled)
         self.shrink_factor = int(shrink_factor)
         self.num_fitting_levels = int(num_fitting_levels)
