@@ -16,11 +16,11 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged
 
 from plc_monai.data import transforms as T
+from plc_monai.data.slice_pool import build_slice_pool
 from plc_monai.data.preprocessing import (
     hash_transforms,
     load_preprocessed,
     preprocessing_transforms,
-    stack_slices,
 )
 from plc_monai.data.specs import get_spec
 
@@ -372,27 +372,28 @@ def test_transform_hash_is_stable_across_processes():
 # ----------------------------------------------------------------------------- slice stacking
 
 
-def test_stack_slices_shapes_and_content():
+def test_build_slice_pool_shapes_and_content():
     rng = np.random.default_rng(4)
     vols = []
     for s in (3, 5):
         img = torch.from_numpy(rng.normal(size=(1, 8, 6, s)).astype(np.float32))
         lab = torch.from_numpy(rng.integers(0, 4, size=(1, 8, 6, s)).astype(np.float32))
         vols.append({"image": MetaTensor(img), "label": MetaTensor(lab)})
-    stack = stack_slices(vols)
-    assert stack.images.shape == (8, 1, 8, 6) and stack.images.dtype == torch.float32
-    assert stack.labels.shape == (8, 8, 6) and stack.labels.dtype == torch.uint8
-    assert not isinstance(stack.images, MetaTensor)
-    assert stack.slice_index.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [1, 3], [1, 4]]
-    for n, (v, s) in enumerate(stack.slice_index.tolist()):
-        torch.testing.assert_close(stack.images[n], vols[v]["image"][..., s].as_tensor())
-        assert torch.equal(stack.labels[n], vols[v]["label"][0, ..., s].to(torch.uint8).as_tensor())
-    no_label = stack_slices([{"image": v["image"]} for v in vols])
+    pool = build_slice_pool(vols)
+    assert pool.images.shape == (8, 1, 8, 6) and pool.images.dtype == torch.float32
+    assert pool.labels.shape == (8, 8, 6) and pool.labels.dtype == torch.uint8
+    assert not isinstance(pool.images, MetaTensor)
+    slice_index = torch.stack([pool.volume_index, pool.slice_index], dim=1)
+    assert slice_index.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [1, 3], [1, 4]]
+    for n, (v, s) in enumerate(slice_index.tolist()):
+        torch.testing.assert_close(pool.images[n], vols[v]["image"][..., s].as_tensor())
+        assert torch.equal(pool.labels[n], vols[v]["label"][0, ..., s].to(torch.uint8).as_tensor())
+    no_label = build_slice_pool([{"image": v["image"]} for v in vols], label_key=None)
     assert no_label.labels is None and no_label.images.shape == (8, 1, 8, 6)
-    with pytest.raises(ValueError, match="missing"):
-        stack_slices([vols[0], {"image": vols[1]["image"]}])
-    with pytest.raises(ValueError, match="equal"):
-        stack_slices([vols[0], {"image": MetaTensor(torch.zeros(1, 9, 6, 2))}])
+    with pytest.raises(ValueError, match="no 'label'"):
+        build_slice_pool([vols[0], {"image": vols[1]["image"]}])
+    with pytest.raises(ValueError, match="in-plane size"):
+        build_slice_pool([vols[0], {"image": MetaTensor(torch.zeros(1, 9, 6, 2))}])
 
 
 # ----------------------------------------------------------------------------- real data

@@ -1,4 +1,4 @@
-"""The preprocessing chain of the paper's Section IV-B, its on-disk cache and slice stacking.
+"""The preprocessing chain of the paper's Section IV-B and its on-disk cache.
 
 ``preprocessing_transforms`` returns the deterministic, invertible transform list shared by the
 training and inference bundles::
@@ -12,8 +12,10 @@ maps a prediction ``[C, H, W, S]`` back to the original voxel grid (shape and af
 
 ``load_preprocessed`` runs the chain once per volume with a MONAI ``PersistentDataset`` whose
 file names include a hash of the transforms, so changing a parameter (spacing, N4 on/off, ...)
-recomputes. ``stack_slices`` turns the volumes into the slice tensors the training engine keeps
-in memory, and ``prepare`` fills the cache for a whole dataset (``python -m plc_monai prepare``).
+recomputes; :func:`plc_monai.data.slice_pool.build_slice_pool` turns the volumes into the slice
+tensors the training engine keeps in memory. ``prepare`` fills such a cache for a whole dataset from
+Python; the bundles' own cache (their ``train#preprocessing``, which also keeps the native label) is
+filled by ``python -m plc_monai prepare --bundle <name>``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +62,6 @@ __all__ = [
     "hash_transforms",
     "AtomicPersistentDataset",
     "load_preprocessed",
-    "SliceStack",
-    "stack_slices",
     "prepare",
 ]
 
@@ -297,70 +297,6 @@ def load_preprocessed(
     return [ds[i] for i in range(len(ds))]
 
 
-class SliceStack(NamedTuple):
-    """All in-plane slices of a set of volumes.
-
-    Attributes:
-        images: ``[N, C, H, W]`` float32 (``C`` = 1 for the paper's single-channel inputs).
-        labels: ``[N, H, W]`` class indices (uint8 by default), or ``None`` without labels.
-        slice_index: ``[N, 2]`` int64, ``(volume index, slice index)`` of each slice.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    slice_index: torch.Tensor
-
-
-def stack_slices(
-    volumes: Sequence[Mapping[str, Any]],
-    key: str = "image",
-    label_key: str | None = "label",
-    label_dtype: torch.dtype = torch.uint8,
-) -> SliceStack:
-    """Stack every slice of every volume into tensors for in-memory 2D training.
-
-    Args:
-        volumes: preprocessed dictionaries whose ``key`` holds ``[C, H, W, S]`` (slice axis last)
-            and, optionally, ``label_key`` holds ``[1, H, W, S]``.
-        key: image key.
-        label_key: label key; ``None`` or absent from every volume gives ``labels=None``.
-        label_dtype: dtype of the stacked labels (uint8 fits up to 256 classes; use
-            ``torch.long`` for losses that index with it).
-
-    Returns:
-        a :class:`SliceStack`.
-
-    Raises:
-        ValueError: on an empty list, volumes whose in-plane size or channel count differ, a
-            label present in some volumes only, or a label whose shape differs from its image.
-    """
-    if len(volumes) == 0:
-        raise ValueError("stack_slices needs at least one volume.")
-    imgs = [convert_to_tensor(v[key], track_meta=False) for v in volumes]
-    shapes = {tuple(t.shape[:-1]) for t in imgs}
-    if any(t.ndim != 4 for t in imgs) or len(shapes) != 1:
-        raise ValueError(f"volumes must all be [C, H, W, S] with equal C, H, W; got {[tuple(t.shape) for t in imgs]}.")
-    images = torch.cat([t.permute(3, 0, 1, 2) for t in imgs]).to(torch.float32).contiguous()
-    counts = torch.tensor([t.shape[-1] for t in imgs])
-    vol_idx = torch.repeat_interleave(torch.arange(len(imgs)), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    slice_idx = torch.arange(int(counts.sum())) - torch.repeat_interleave(starts, counts)
-    labels = None
-    has_label = [label_key is not None and v.get(label_key) is not None for v in volumes]
-    if any(has_label):
-        if not all(has_label):
-            missing = [i for i, h in enumerate(has_label) if not h]
-            raise ValueError(f"label {label_key!r} is missing from volume(s) {missing} but present in others.")
-        labs = [convert_to_tensor(v[label_key], track_meta=False) for v in volumes]
-        for i, (lab, img) in enumerate(zip(labs, imgs)):
-            if lab.shape[0] != 1 or lab.shape[1:] != img.shape[1:]:
-                raise ValueError(
-                    f"volume {i}: label shape {tuple(lab.shape)} does not fit image shape {tuple(img.shape)}."
-                )
-        labels = torch.cat([lab[0].permute(2, 0, 1) for lab in labs]).round().to(label_dtype).contiguous()
-    return SliceStack(images=images, labels=labels, slice_index=torch.stack([vol_idx, slice_idx], dim=1))
-
-
 def prepare(
     dataset: str,
     dataset_dir: str | os.PathLike,
@@ -370,7 +306,11 @@ def prepare(
     crop_size: Sequence[int] | int | None = None,
     label: bool = True,
 ) -> dict[str, Any]:
-    """Preprocess a whole dataset into ``cache_dir`` (``python -m plc_monai prepare``).
+    """Preprocess a whole dataset into ``cache_dir`` with :func:`preprocessing_transforms`.
+
+    This is the Python-level cache of this module's chain. The bundles use their own
+    ``train#preprocessing`` (it also keeps the native label), so their cache is filled by
+    ``python -m plc_monai prepare --bundle <name>`` (:func:`plc_monai.cli.prepare`), not by this function.
 
     Reads the datalist with :func:`plc_monai.data.readers.read_datalist`, runs
     :func:`preprocessing_transforms` with a cache, and prints the time per volume. A second run
@@ -379,7 +319,7 @@ def prepare(
     Args:
         dataset: ``acdc``, ``prostate`` or ``mmwhs``.
         dataset_dir: root of the raw download.
-        cache_dir: cache folder, shared with training/evaluation runs using the same parameters.
+        cache_dir: cache folder, shared with later calls using the same parameters.
         n4: run N4 bias-field correction.
         spacing_mm: in-plane spacing; defaults to the dataset's.
         crop_size: in-plane crop size; defaults to the dataset's.
