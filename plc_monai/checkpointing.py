@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.utils import optional_import
+
 from plc_monai.atomic_files import atomic_torch_save
+from plc_monai.runtime import is_main_process
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -26,9 +28,6 @@ else:
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
 
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
 
 
 def _unwrap(module: Any) -> Any:
@@ -87,7 +86,7 @@ class ResumeCheckpoint:
         return {**getattr(engine, "resumable", {}), **self.save_dict}
 
     def save(self, engine: Engine | None = None) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
         atomic_torch_save(state, self.path)
@@ -175,7 +174,7 @@ class BestModelPerPhase:
         weights = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
         if phase == "warmup":
             self.trainer.best_warmup_state = weights
-        if _is_main_process():
+        if is_main_process():
             if phase == "warmup":
                 atomic_torch_save(weights, self.save_dir / "model_warmup.pt")
             if phase == getattr(self.trainer, "final_phase", phase):

@@ -27,6 +27,7 @@ from monai.utils import optional_import
 
 from plc_monai.data.slice_pool import SlicePool
 from plc_monai.pseudo_labels import PseudoLabelStore
+from plc_monai.runtime import autocast_dtype
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -197,10 +198,7 @@ class SemiSupervisedTrainer(Trainer):
         self.intensity_augmentation = intensity_augmentation
         self.shared_forward = shared_forward
         self.use_amp = bool(amp)
-        self.amp_dtype = (
-            torch.bfloat16 if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-            else torch.float16
-        )
+        self.amp_dtype = autocast_dtype(device)
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and self.amp_dtype == torch.float16 else None
         self.channels_last = channels_last and device.type == "cuda"
         self.reset_optimizer_at_joint = reset_optimizer_at_joint

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.utils import optional_import
 
 from plc_monai.pseudo_labels import PseudoLabelStore
+from plc_monai.runtime import autocast_dtype, is_main_process
 from plc_monai.atomic_files import atomic_write_bytes
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -29,8 +30,7 @@ __all__ = ["PseudoLabelRefresh", "predict_labels"]
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast:
-    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=amp)
 
 
 def predict_labels(
@@ -259,10 +259,7 @@ class PseudoLabelRefresh:
             "kept_fraction": float(self.store.keep.float().mean()),
         }
         self.history.append(record)
-        is_main = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-            torch.distributed.get_rank() == 0
-        )
-        if is_main:
+        if is_main_process():
             if self.logger is not None:
                 self.logger.info(
                     f"pseudo-label refresh {self.store.version} at iteration {iteration}: "

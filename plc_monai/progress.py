@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import optional_import
 
+from plc_monai.runtime import is_main_process
+
 Events, _ = optional_import("ignite.engine", name="Events")
 SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
 if TYPE_CHECKING:
@@ -19,9 +21,6 @@ else:
 
 __all__ = ["TrainingProgress"]
 
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
 
 
 class TrainingProgress:
@@ -59,11 +58,11 @@ class TrainingProgress:
 
     def _start(self, engine: Engine) -> None:
         self._t0, self._it0 = time.perf_counter(), engine.state.iteration
-        if self.tensorboard_dir is not None and _is_main_process() and self.writer is None:
+        if self.tensorboard_dir is not None and is_main_process() and self.writer is None:
             self.writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         it = engine.state.iteration
         total = engine.state.max_epochs * engine.state.epoch_length

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import optional_import
 
-from plc_monai.checkpointing import atomic_torch_save
+from plc_monai.atomic_files import atomic_torch_save
+from plc_monai.runtime import is_main_process
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -34,9 +35,6 @@ def round_model_path(save_dir: str | os.PathLike, round_index: int) -> Path:
     """Where :class:`RoundModelSaver` writes the model of round ``round_index`` (0: the warm-up model)."""
     return Path(save_dir) / ROUND_FILENAME.format(round=int(round_index))
 
-
-def _is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
 
 
 class RoundModelSaver:
@@ -96,7 +94,7 @@ class RoundModelSaver:
 
     def __call__(self, engine: Engine) -> None:
         round_index = self.iterations[int(engine.state.iteration)]
-        if not _is_main_process():
+        if not is_main_process():
             return
         weights = getattr(engine, "best_warmup_state", None) if round_index == 0 else None
         if weights is None:
