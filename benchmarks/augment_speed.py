@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ from monai.transforms import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plc_monai.atomic_files import atomic_write_text  # noqa: E402
 from plc_monai.data.augment import RandBrightnessContrastBatchd, RandSpatialBatchd  # noqa: E402
 
 KEYS = ("image", "label")
@@ -159,16 +159,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` as JSON to ``path`` atomically (temporary file, then rename)."""
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

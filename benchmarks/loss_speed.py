@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from contrastive_reference import reference_loss  # noqa: E402
 
+from plc_monai.atomic_files import atomic_write_text  # noqa: E402
 from plc_monai.losses import PixelContrastiveLoss  # noqa: E402
 
 
@@ -124,17 +124,8 @@ def machine_info(devices: list[torch.device]) -> dict:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` as JSON to ``path`` atomically (temporary file, then rename)."""
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
