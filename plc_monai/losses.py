@@ -38,7 +38,8 @@ class AnchorSample(NamedTuple):
 class _ClassSumsAndAnchors(torch.autograd.Function):
     """Per-class feature sums and anchor features from one ``[B, D, N]`` tensor, with a single-buffer backward.
 
-    Forward: ``sums[b, :, k] = sum_{n: class(b, n) = k} feats[b, :, n]`` and
+    Forward, with ``onehot [B, K, N]`` the masks of the ``K`` candidate classes:
+    ``sums[b, :, k] = sum_{n: onehot[b, k, n] = 1} feats[b, :, n]`` and
     ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``. Backward writes both gradients into one
     ``[B, D, N]`` buffer (a broadcast of the class-sum gradient plus an in-place scatter-add of the
     anchor gradient). Plain autograd would allocate two full-size buffers and add them, which
@@ -47,8 +48,8 @@ class _ClassSumsAndAnchors(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats, onehot, src, pixels):  # type: ignore[override]
-        # [B, C, N] @ [B, N, D] (a transposed view) is several times faster on CPU than [B, D, N] @ [B, N, C]
-        sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, C]
+        # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
+        sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
         anchors = feats[src[:, None], :, pixels]  # [R, A, D]
         ctx.save_for_backward(onehot, src, pixels)
         return sums, anchors
@@ -126,6 +127,9 @@ class PixelContrastiveLoss(_Loss):
     - They skip a class for both images of a pair when it is absent from either; we keep the
       anchor's own (intra-image) term and drop only the missing partner term.
     """
+
+    #: pixels per block in the two-step anchor search of :meth:`_draw`
+    _BLOCK = 256
 
     def __init__(
         self,
@@ -245,23 +249,39 @@ class PixelContrastiveLoss(_Loss):
             raise ValueError(f"labels must be real, got dtype {ids.dtype}.")
         return ids.reshape(batch, -1).long()
 
-    def _class_masks(
+    def _class_onehot(
         self, ids: torch.Tensor, dtype: torch.dtype = torch.float32
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class masks of class ids ``[B, N]``: bool ``[B, C, N]``, one-hot ``[B, C, N]`` in ``dtype``, counts ``[B, C]``.
+        """One-hot masks of the candidate classes, their pixel counts per block of pixels, and per image.
+
+        Args:
+            ids: ``[B, N]`` long class ids.
+            dtype: dtype of the one-hot masks (that of the features' arithmetic).
+
+        Returns:
+            ``onehot [B, K, N_pad]`` in ``dtype`` (``N_pad`` = ``N`` rounded up to a whole number of
+            blocks, zero in the padding; ``onehot[..., :N]`` is the mask), ``block_counts [B, K, nb]``
+            long (pixels of each candidate class in each block of :attr:`_BLOCK` consecutive pixels)
+            and ``counts [B, K]`` long.
 
         Raises:
-            ValueError: when a label lies outside ``[0, num_classes)`` (such a pixel matches no class).
+            ValueError: with ``check_inputs``, when a label lies outside ``[0, num_classes)``.
         """
-        classes = torch.arange(self.num_classes, device=ids.device)
-        masks = ids[:, None, :] == classes[None, :, None]
-        onehot = masks.to(dtype)
-        # a float sum of ones is exact below 2**24 and much faster than a bool sum
-        counts = (onehot.sum(dim=2) if ids.shape[1] < 2**24 else masks.sum(dim=2)).long()
-        if self.check_inputs and int(counts.sum()) != ids.numel():
+        if self.check_inputs and ids.numel() > 0:
             lo, hi = torch.aminmax(ids)
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{lo.item()}, {hi.item()}].")
-        return masks, onehot, counts
+            if int(lo) < 0 or int(hi) >= self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}].")
+        batch, n_pixels = ids.shape
+        cand = torch.arange(0 if self.include_background else 1, self.num_classes, device=ids.device)
+        block = max(1, min(self._BLOCK, n_pixels))
+        n_blocks = -(-n_pixels // block)
+        onehot = torch.empty((batch, cand.shape[0], n_blocks * block), dtype=dtype, device=ids.device)
+        # the comparison writes the float mask directly (no bool mask and no second pass to convert it)
+        torch.eq(ids[:, None, :], cand[None, :, None], out=onehot[..., :n_pixels])
+        onehot[..., n_pixels:] = 0
+        # float sums of at most _BLOCK ones are exact
+        block_counts = onehot.view(batch, cand.shape[0], n_blocks, block).sum(dim=-1).long()
+        return onehot, block_counts, block_counts.sum(dim=-1)
 
     def _rows(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Anchor roles ``[R, 2]``: (anchor image, partner image or -1); see :class:`AnchorSample`."""
@@ -291,43 +311,50 @@ class PixelContrastiveLoss(_Loss):
 
     # ------------------------------------------------------------------ sampling
     def _draw(
-        self, masks: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None
+        self, onehot: torch.Tensor, block_counts: torch.Tensor, n_pixels: int, rows: torch.Tensor,
+        generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``num_samples`` pixels per (row, candidate class), uniformly with replacement.
 
         Args:
-            masks: ``[B, C, N]`` bool class masks (all classes).
-            counts: ``[B, C]`` long, pixels per image and class.
+            onehot: ``[B, K, N_pad]`` candidate-class masks from :meth:`_class_onehot`.
+            block_counts: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
+            n_pixels: ``N``, the number of real (unpadded) pixels.
             rows: ``[R, 2]`` anchor roles.
             generator: random generator or None for the global RNG.
 
         Returns:
-            pixels ``[R, K, S]`` (flat indices) and valid ``[R, K]`` for the ``K`` candidate classes.
+            pixels ``[R, K, S]`` (flat indices) and valid ``[R, K]``.
 
         The rank of each draw within its class is ``floor(u * count)`` with ``u ~ U[0, 1)`` (one
-        ``torch.rand`` call of shape ``[R, K, S]``); the pixel of that rank is located with a
-        cumulative count over the class mask and ``searchsorted``.
+        ``torch.rand`` call of shape ``[R, K, S]``), and the drawn pixel is the one of that rank in
+        row-major order. It is located in two steps that never scan the whole image: the block that
+        holds it (``searchsorted`` over cumulative block counts, ``[R, K, nb]``), then the position
+        inside that block (a running count over the ``_BLOCK`` pixels of that block only). A single
+        running count over all ``B * K * N`` mask values was the most expensive part of the loss on
+        a CPU.
         """
-        first = self.candidate_classes[0]  # candidates are the contiguous range first..C-1
         src = rows[:, 0]
-        count = counts[src][:, first:]  # [R, K]
+        n_rows, n_cand = src.shape[0], block_counts.shape[1]
+        n_blocks, block = block_counts.shape[2], onehot.shape[2] // block_counts.shape[2]
+        src_blocks = block_counts[src]  # [R, K, nb]
+        cum_blocks = src_blocks.cumsum(dim=-1)  # inclusive
+        count = cum_blocks[..., -1]  # [R, K]
         valid = count > 0
-        n_rows, n_cand, n_draw = src.shape[0], count.shape[1], int(self.num_samples)  # type: ignore[arg-type]
-        gen_device = generator.device if generator is not None else masks.device
+        n_draw = int(self.num_samples)  # type: ignore[arg-type]
+        gen_device = generator.device if generator is not None else onehot.device
         u = torch.rand((n_rows, n_cand, n_draw), generator=generator, device=gen_device, dtype=torch.float64)
-        u = u.to(masks.device)
-        rank = torch.minimum((u * count[..., None]).long(), (count[..., None] - 1).clamp_min(0))
-        n_pixels = masks.shape[-1]
-        # one running count over the flattened [B, C, N] masks: the (rank+1)-th pixel of (b, k) is the first
-        # position where it reaches base[b, k] + rank + 1, base being the pixels of all earlier (b, k)
-        flat = masks.reshape(-1)
-        cum = flat.cumsum(0, dtype=torch.int32 if flat.numel() < 2**31 else torch.int64)
-        base = (counts.reshape(-1).cumsum(0) - counts.reshape(-1)).reshape(counts.shape)  # [B, C]
-        target = base[src][:, first:, None] + rank + 1  # [R, K, S]
-        position = torch.searchsorted(cum, target.to(cum.dtype).reshape(-1)).reshape(target.shape)
-        n_classes = masks.shape[1]
-        start = (src[:, None] * n_classes + torch.arange(first, n_classes, device=masks.device)) * n_pixels
-        pixels = (position - start[..., None]).clamp(0, n_pixels - 1)
+        u = u.to(onehot.device)
+        rank = torch.minimum((u * count[..., None]).long(), (count[..., None] - 1).clamp_min(0))  # [R, K, S]
+        # the block holding the (rank+1)-th pixel: the first whose cumulative count exceeds rank
+        blk = torch.searchsorted(cum_blocks, rank, right=True).clamp_max(n_blocks - 1)
+        within = rank - (cum_blocks.gather(-1, blk) - src_blocks.gather(-1, blk))  # rank inside the block
+        row_start = (src[:, None] * n_cand + torch.arange(n_cand, device=onehot.device)) * onehot.shape[2]  # [R, K]
+        start = row_start[..., None] + blk * block  # [R, K, S]
+        window = onehot.reshape(-1)[start[..., None] + torch.arange(block, device=onehot.device)]  # [R, K, S, L]
+        # the index of the (within+1)-th one is the number of positions whose running count is still <= within
+        offset = (window.cumsum(dim=-1) <= within[..., None]).sum(dim=-1)
+        pixels = (blk * block + offset).clamp(0, n_pixels - 1)
         return pixels, valid
 
     def sample_anchors(
@@ -358,9 +385,10 @@ class PixelContrastiveLoss(_Loss):
                 f"got {tuple(getattr(labels, 'shape', ()))}."
             )
         ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
-        masks, _, counts = self._class_masks(ids)
+        onehot, block_counts, _ = self._class_onehot(ids)
         rows = self._rows(ids.shape[0], pairs, ids.device)
-        pixels, valid = self._draw(masks, counts, rows, generator if generator is not None else self.generator)
+        pixels, valid = self._draw(onehot, block_counts, ids.shape[1], rows,
+                                   generator if generator is not None else self.generator)
         return AnchorSample(rows, pixels, valid)
 
     # ------------------------------------------------------------------ loss
@@ -409,7 +437,9 @@ class PixelContrastiveLoss(_Loss):
         compute_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         batch, dim = features.shape[:2]
         feats = features.to(compute_dtype).reshape(batch, dim, -1)  # [B, D, N]
-        masks, onehot, counts_long = self._class_masks(ids, compute_dtype)  # [B, C, N] x 2, [B, C]
+        n_pixels = feats.shape[2]
+        onehot_pad, block_counts, counts_long = self._class_onehot(ids, compute_dtype)  # [B, K, N_pad], .., [B, K]
+        onehot = onehot_pad[..., :n_pixels]  # [B, K, N]
         counts = counts_long.to(compute_dtype)
         # arange on the device: no host-to-device copy (a tensor from a Python list would block on CUDA)
         cand = torch.arange(0 if self.include_background else 1, self.num_classes, device=features.device)
@@ -418,18 +448,19 @@ class PixelContrastiveLoss(_Loss):
         if self.num_samples is None:
             pixels = torch.zeros((rows.shape[0], 0), dtype=torch.long, device=features.device)
         else:
-            pixels3, present_src = self._draw(masks, counts_long, rows, generator)
+            pixels3, present_src = self._draw(onehot_pad, block_counts, n_pixels, rows, generator)
             n_draw = pixels3.shape[-1]
             pixels = pixels3.reshape(rows.shape[0], -1)  # [R, K*S]
-        sums, anchor_feats = _ClassSumsAndAnchors.apply(feats, onehot, src, pixels)  # [B, D, C], [R, A, D]
+        # sums of the candidate classes only: background is never a mean unless it is a candidate
+        sums, anchor_feats = _ClassSumsAndAnchors.apply(feats, onehot, src, pixels)  # [B, D, K], [R, A, D]
         if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
             if not torch.isfinite(features).all():
                 raise ValueError("features contain NaN or Inf.")
             raise ValueError(f"features overflow {compute_dtype} when summed per class.")
         means = sums / counts.clamp_min(1)[:, None, :]
-        means_n = F.normalize(means[:, :, cand].transpose(1, 2), dim=-1)  # [B, K, D]
-        present = counts[:, cand] > 0  # [B, K]
+        means_n = F.normalize(means.transpose(1, 2), dim=-1)  # [B, K, D]
+        present = counts > 0  # [B, K]
 
         if self.num_samples is None:
             # every pixel is an anchor: [R, N, D]; class position in the candidate list, -1 if not a candidate

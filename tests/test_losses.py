@@ -148,6 +148,30 @@ def test_sampling_is_uniform_with_replacement_and_in_class():
     assert small.pixels[1, 1].tolist() == [5, 5, 5]
 
 
+def test_sampling_is_uniform_across_pixel_blocks():
+    """Anchors are found block by block (256 pixels): classes that straddle blocks and fill the padded last one."""
+    height, width = 23, 29  # 667 pixels: two full blocks and a partial third
+    flat = torch.zeros(height * width, dtype=torch.long)
+    flat[250:263] = 1  # across the first block boundary
+    flat[600:] = 1  # the end of the partial last block
+    flat[torch.arange(3, 600, 7)] = 2
+    flat[255] = flat[256] = flat[511] = flat[512] = 2  # the pixels on both sides of each boundary
+    labels = flat.reshape(1, 1, height, width).repeat(2, 1, 1, 1)
+    labels[1, 0] = labels[1, 0].flip(-1)  # a second, different image
+    loss = PixelContrastiveLoss(3, matching="intra", num_samples=40000)
+    sample = loss.sample_anchors(labels, generator=torch.Generator().manual_seed(1))
+    ids = labels.reshape(2, -1)
+    for r in range(2):
+        for kpos, k in enumerate(loss.candidate_classes):
+            drawn = sample.pixels[r, kpos]
+            assert bool((ids[r, drawn] == k).all())
+            members = torch.nonzero(ids[r] == k).flatten()
+            counts = torch.bincount(drawn, minlength=ids.shape[1])[members].double()
+            assert bool((counts > 0).all()), f"image {r}, class {k}: some pixels never drawn"
+            expected = drawn.numel() / members.numel()
+            assert float((counts - expected).abs().max()) < 0.25 * expected
+
+
 def test_global_rng_and_generators_are_reproducible():
     features, labels = _inputs(4, 4, (8, 8), 4, seed=1)
     loss = PixelContrastiveLoss(4, num_samples=2)
