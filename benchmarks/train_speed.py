@@ -64,6 +64,9 @@ TARGET_JOINT_RATIO = 1.15
 TARGET_FULL_SCHEDULE_S = 600.0
 TARGET_PEAK_GIB = 4.0
 
+#: iterations in each window of --profile-dir
+PROFILE_ITERATIONS = 10
+
 MIB = 1024.0**2
 
 
@@ -112,6 +115,8 @@ def _import_project() -> dict[str, Any]:
         "BestModelPerPhase": ("plc_monai.checkpointing", "BestModelPerPhase"),
         "TrainingProgress": ("plc_monai.progress", "TrainingProgress"),
         "load_paper_split": ("plc_monai.data.splits", "load_paper_split"),
+        "keep_freed_cpu_memory": ("plc_monai.cpu_allocator", "keep_freed_cpu_memory"),
+        "cpu_memory_kept": ("plc_monai.cpu_allocator", "cpu_memory_kept"),
     }
     out: dict[str, Any] = {}
     for key, (module, attr) in names.items():
@@ -254,8 +259,71 @@ class SyncProbe:
         self._context.__exit__(None, None, None)
         self.syncs = [
             f"{Path(w.filename).name}:{w.lineno}: {str(w.message).splitlines()[0][:120]}"
-            for w in self._log or [] if "synchroniz" in str(w.message)
+            for w in self._log or []
+            # the first message only says that the debug mode itself is a prototype
+            if "synchroniz" in str(w.message) and "prototype feature" not in str(w.message)
         ]
+
+
+class ProfileWindow:
+    """Profiles ``count`` iterations with ``torch.profiler`` (CPU, plus CUDA on a GPU).
+
+    Tells a GPU-bound step (device busy for most of the wall time) from one that starves the device
+    (gaps between kernels: Python, launches, synchronisations). The profiler slows the host side, so
+    the wall time of the window is an upper bound; the device time per iteration is not inflated.
+
+    Args:
+        events: ``ignite.engine.Events``.
+        device: the training device.
+        first: 1-based first iteration of the window.
+        count: iterations profiled.
+        path: where the table of the most expensive operators is written (None: not written).
+    """
+
+    def __init__(self, events: Any, device: torch.device, first: int, count: int, path: Path | None) -> None:
+        self.events, self.device, self.first, self.count, self.path = events, device, int(first), int(count), path
+        self.summary: dict[str, Any] | None = None
+        self._profiler: Any = None
+        self._start = 0.0
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(self.events.ITERATION_STARTED(once=self.first), self._begin)
+        engine.add_event_handler(self.events.ITERATION_COMPLETED(once=self.first + self.count - 1), self._end)
+
+    def _begin(self, engine: Any = None) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        _sync(self.device)
+        self._profiler = torch.profiler.profile(activities=activities)
+        self._profiler.__enter__()
+        self._start = time.perf_counter()
+
+    def _end(self, engine: Any = None) -> None:
+        _sync(self.device)
+        wall = time.perf_counter() - self._start
+        self._profiler.__exit__(None, None, None)
+        averages = self._profiler.key_averages()
+        # kernel time: the device-side entries only (an operator's own entry repeats its kernels' time)
+        device_us = sum(float(e.self_device_time_total) for e in averages
+                        if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
+        self.summary = {
+            "iterations": f"{self.first}..{self.first + self.count - 1}",
+            "phase": engine.phase() if engine is not None and hasattr(engine, "phase") else None,
+            "wall_ms_per_iteration_profiled": 1e3 * wall / self.count,
+            "device_busy_ms_per_iteration": device_us / 1e3 / self.count,
+            "host_operator_ms_per_iteration_profiled": float(averages.self_cpu_time_total) / 1e3 / self.count,
+            "table": str(self.path) if self.path is not None else None,
+        }
+        if self.path is not None:
+            sort_by = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+            try:
+                table = averages.table(sort_by=sort_by, row_limit=40)
+            except (AttributeError, KeyError):  # older torch names the device column "cuda"
+                table = averages.table(sort_by="self_cuda_time_total", row_limit=40)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(f"{self.summary}\n\n{table}")
+        self._profiler = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -443,7 +511,8 @@ def time_yardstick(network: torch.nn.Module, contrastive: Callable | None, image
 
 def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn.Module, labeled: Any, unlabeled: Any,
                   store: Any, device: torch.device, amp: bool, channels_last: bool, warmup_iterations: int,
-                  total_iterations: int, epoch_length: int, seed: int, handlers: Sequence | None = None) -> Any:
+                  total_iterations: int, epoch_length: int, seed: int, handlers: Sequence | None = None,
+                  tune_cpu_allocator: bool = True) -> Any:
     """A :class:`SemiSupervisedTrainer` wired as ``train#trainer`` of the bundle, with fresh bundle objects."""
     optimizer = torch.optim.Adam(network.parameters(), lr=float(bundle.value("learning_rate")))
     return mods["SemiSupervisedTrainer"](
@@ -469,6 +538,7 @@ def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn
         channels_last=channels_last,
         seed=seed,
         log_interval=int(bundle.value("log_interval")),
+        tune_cpu_allocator=tune_cpu_allocator,
         train_handlers=handlers,
     )
 
@@ -541,6 +611,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-interval", type=int, default=None, help="iterations between validations (bundle: 50)")
     parser.add_argument("--bundle-config", type=Path, default=DEFAULT_BUNDLE_CONFIG, help="the bundle's train.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-allocator", choices=["kept", "default"], default="kept",
+                        help="on CPU, kept: reuse freed memory for every part (what the trainer does on CPU, "
+                             "plc_monai.cpu_allocator); default: glibc's defaults for every part")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="profile 10 joint iterations of the engine run (and, with --full, 10 warm-up and 10 "
+                             "joint iterations of the schedule) with torch.profiler; tables are written here")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     for name in ("iterations", "threads", "spatial", "batch", "labeled_volumes", "unlabeled_volumes", "val_volumes",
@@ -631,6 +707,19 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
                                      volume_index=pools["unlabeled"].volume_index)
     evaluator = make_evaluator(mods, bundle, network, val_items, device, args.amp and device.type == "cuda", num_classes)
     total = schedule["warmup"] + schedule["rounds"] * schedule["interval"]
+    # seconds spent in validation (best-model saving included) and in resume checkpoints, per phase
+    periodic: dict[str, float] = {}
+
+    def timed_save(save: Callable[..., None]) -> Callable[..., None]:
+        def wrapper(engine: Any = None) -> None:
+            _sync(device)
+            begin = time.perf_counter()
+            save(engine)
+            _sync(device)
+            key = f"checkpoint_s_{engine.phase() if engine is not None else 'end'}"
+            periodic[key] = periodic.get(key, 0.0) + time.perf_counter() - begin
+        return wrapper
+
     with tempfile.TemporaryDirectory(prefix="train_speed_full_") as tmp:
         handlers = [
             mods["ResumeCheckpoint"](tmp, {"network": network}, save_interval=int(bundle.value("save_interval")),
@@ -643,9 +732,10 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
             mods["BestModelPerPhase"](evaluator, network, tmp, metric_name="val_mean_dice"),
             mods["TrainingProgress"](log_interval=int(bundle.value("log_interval")), tensorboard_dir=None),
         ]
+        handlers[0].save = timed_save(handlers[0].save)  # before build_trainer attaches it
         trainer = build_trainer(mods, bundle, network, pools["labeled"], pools["unlabeled"], store, device, args.amp,
                                 args.channels_last, schedule["warmup"], total, schedule["val_interval"], args.seed,
-                                handlers)
+                                handlers, tune_cpu_allocator=args.cpu_allocator == "kept")
         # the ResumeCheckpoint saves the optimizer too, as in the bundle
         handlers[0].save_dict["optimizer"] = trainer.optimizer
         marks: dict[str, float] = {}
@@ -663,7 +753,10 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
 
         def val_end(engine: Any) -> None:
             _sync(device)
-            val_seconds[0] += time.perf_counter() - marks["val_start"]
+            spent = time.perf_counter() - marks["val_start"]
+            val_seconds[0] += spent
+            key = f"validation_s_{trainer.phase()}"
+            periodic[key] = periodic.get(key, 0.0) + spent
 
         trainer.add_event_handler(events.STARTED, mark("start"))
         if schedule["warmup"] > 0:
@@ -677,6 +770,14 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
         )
         evaluator.add_event_handler(events.STARTED, val_start)
         evaluator.add_event_handler(events.COMPLETED, val_end)
+        windows: list[ProfileWindow] = []
+        if args.profile_dir is not None:
+            # the end of the warm-up and the end of the last joint round (away from refreshes)
+            for name, last in (("warmup", schedule["warmup"]), ("joint", total)):
+                if last - PROFILE_ITERATIONS >= 1 and (name == "warmup" or total > schedule["warmup"] + PROFILE_ITERATIONS):
+                    windows.append(ProfileWindow(events, device, last - PROFILE_ITERATIONS, PROFILE_ITERATIONS - 1,
+                                                 args.profile_dir / f"profile_schedule_{name}.txt"))
+                    windows[-1].attach(trainer)
         with _Section(device, record, "full_schedule") as section:
             trainer.run()
     refresh_s = sum(r["duration_s"] for r in handlers[1].history)
@@ -688,12 +789,14 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
         "warmup_phase_s": warmup_end - marks["start"],
         "joint_phase_s": marks["end"] - warmup_end,
         "validation_s": val_seconds[0],
+        "periodic_s_by_phase": periodic,
         "validations": int(trainer.state.iteration) // schedule["val_interval"],
         "refresh_s": refresh_s,
         "refreshes": len(handlers[1].history),
         "best_val_mean_dice": {k: v["metric"] for k, v in handlers[3].best.items()},
         "handlers": "ResumeCheckpoint (temp dir), PseudoLabelRefresh, ValidationHandler, BestModelPerPhase, "
                     "TrainingProgress (no TensorBoard)",
+        "profiles": [w.summary for w in windows],
     }
 
 
@@ -726,6 +829,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.device, mods: dict[str, Any]) -> dict[str, Any]:
     loss_speed = mods["loss_speed"]
     load_at_start = _load()
+    # every part runs under the allocator setting the trainer would use (it applies "kept" on CPU)
+    cpu_allocator = "not used (CUDA)"
+    if device.type == "cpu":
+        if args.cpu_allocator == "kept":
+            mods["keep_freed_cpu_memory"]()
+        # what holds, not what was asked: the setting cannot be undone once made in a process
+        cpu_allocator = "kept" if mods["cpu_memory_kept"]() else "default"
 
     # ---- problem size, from the bundle (paper) or reduced (ci), plus overrides
     probe = BundleObjects(mods["ConfigParser"], args.bundle_config, {})
@@ -770,6 +880,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
         "unlabeled_volumes": unlabeled_volumes, "validation_volumes": val_volumes, "slices_per_volume": args.slices,
         "bundle_config": str(args.bundle_config), "split": split.source,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cpu_allocator": cpu_allocator,
     }
     print(f"size {args.size}: B={batch} ({labeled_per_batch} labeled), {spatial}x{spatial}, widths {channels}, "
           f"C={num_classes}, D={embedding_dim}; {config['amp_dtype']}{' + channels_last' if args.channels_last else ''}; "
@@ -811,19 +922,25 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
                                      volume_index=pools["unlabeled"].volume_index)
     # pseudo-labels with every class, as a trained network's would be (an untrained one predicts one class)
     store.update(synthetic_slices(len(store), spatial, num_classes, gen)[1].to(device))
-    # one more joint iteration after the timed blocks, in which the CUDA syncs are listed
-    total = 2 * block + 1
+    # one more joint iteration after the timed blocks, in which the CUDA syncs are listed (then, optionally,
+    # PROFILE_ITERATIONS profiled ones)
+    total = 2 * block + 1 + (PROFILE_ITERATIONS if args.profile_dir is not None else 0)
     trainer = build_trainer(mods, bundle, network, pools["labeled"], pools["unlabeled"], store, device, args.amp,
                             args.channels_last, warmup_iterations=block, total_iterations=total,
-                            epoch_length=total, seed=args.seed)
+                            epoch_length=total, seed=args.seed, tune_cpu_allocator=args.cpu_allocator == "kept")
     clocks = {
         "b_engine_seg": IterationClock(mods["Events"], device, args.warmup + 1, args.iterations),
         "c_engine_joint": IterationClock(mods["Events"], device, block + args.warmup + 1, args.iterations),
     }
     for clock in clocks.values():
         clock.attach(trainer)
-    probe_syncs = SyncProbe(mods["Events"], device, total)
+    probe_syncs = SyncProbe(mods["Events"], device, 2 * block + 1)
     probe_syncs.attach(trainer)
+    profiles: list[ProfileWindow] = []
+    if args.profile_dir is not None:
+        profiles.append(ProfileWindow(mods["Events"], device, 2 * block + 2, PROFILE_ITERATIONS,
+                                      args.profile_dir / "profile_engine_joint.txt"))
+        profiles[-1].attach(trainer)
     phases: dict[int, str] = {}
     trainer.add_event_handler(mods["Events"].ITERATION_COMPLETED, lambda e: phases.setdefault(e.state.iteration, e.phase()))
     with _Section(device, memory, "engine"):
@@ -834,6 +951,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
         step_ms[name] = clock.ms_per_iteration
     results["step_ms"] = step_ms
     results["joint_iteration_syncs"] = probe_syncs.syncs  # None on CPU
+    results["profiles"] = [p.summary for p in profiles]
     a = step_ms["a_yardstick"]
     results["ratios"] = {
         "b_over_a": step_ms["b_engine_seg"] / a,

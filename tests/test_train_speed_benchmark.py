@@ -90,6 +90,9 @@ def test_main_writes_json_with_positive_numbers_and_consistent_ratios(tmp_path: 
     full = payload["full"]
     assert full["iterations"] == 6 and full["validations"] == 3 and full["refreshes"] == 2
     assert _positive_finite(full["wall_s"]) and full["validation_s"] <= full["wall_s"]
+    periodic = full["periodic_s_by_phase"]  # validations at 2 (warm-up), 4, 6; checkpoints at 2 and at the end
+    assert set(periodic) == {"validation_s_warmup", "validation_s_joint", "checkpoint_s_warmup", "checkpoint_s_joint"}
+    assert periodic["validation_s_warmup"] + periodic["validation_s_joint"] == pytest.approx(full["validation_s"])
 
     assert _positive_finite(payload["memory"]["peak_rss_mib"])
     assert payload["joint_iteration_syncs"] is None  # listed on CUDA only
@@ -112,9 +115,32 @@ def test_sync_probe_records_where_syncs_happen(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
     probe = train_speed.SyncProbe(None, torch.device("cuda"), iteration=5)
     probe._begin()
+    warnings.warn("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing ops")
     warnings.warn("called a synchronizing CUDA operation")
     warnings.warn("an unrelated warning")
     probe._end()
     assert modes == ["warn", "default"]
     assert len(probe.syncs) == 1 and probe.syncs[0].startswith("test_train_speed_benchmark.py:")
     assert "synchronizing" in probe.syncs[0]
+
+
+def test_profile_window_profiles_exactly_its_iterations(tmp_path: Path) -> None:
+    from ignite.engine import Engine, Events
+
+    calls: list[int] = []
+
+    def step(engine: Engine, batch: object) -> None:
+        calls.append(engine.state.iteration)
+        torch.ones(64, 64) @ torch.ones(64, 64)
+
+    engine = Engine(step)
+    window = train_speed.ProfileWindow(Events, torch.device("cpu"), first=3, count=2, path=tmp_path / "p" / "t.txt")
+    window.attach(engine)
+    engine.run([0] * 6, max_epochs=1)
+    assert calls == [1, 2, 3, 4, 5, 6]
+    summary = window.summary
+    assert summary["iterations"] == "3..4"
+    assert summary["device_busy_ms_per_iteration"] == 0.0  # no device activity on a CPU
+    assert 0.0 < summary["host_operator_ms_per_iteration_profiled"] <= summary["wall_ms_per_iteration_profiled"] * 1.5
+    table = (tmp_path / "p" / "t.txt").read_text()
+    assert "aten::mm" in table  # the matmul of the profiled iterations
