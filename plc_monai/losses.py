@@ -276,8 +276,9 @@ class PixelContrastiveLoss(_Loss):
         block = max(1, min(self._BLOCK, n_pixels))
         n_blocks = -(-n_pixels // block)
         onehot = torch.empty((batch, cand.shape[0], n_blocks * block), dtype=dtype, device=ids.device)
-        # the comparison writes the float mask directly (no bool mask and no second pass to convert it)
-        torch.eq(ids[:, None, :], cand[None, :, None], out=onehot[..., :n_pixels])
+        # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
+        # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
+        torch.eq(ids.to(dtype)[:, None, :], cand.to(dtype)[None, :, None], out=onehot[..., :n_pixels])
         onehot[..., n_pixels:] = 0
         # float sums of at most _BLOCK ones are exact
         block_counts = onehot.view(batch, cand.shape[0], n_blocks, block).sum(dim=-1).long()
