@@ -51,9 +51,10 @@ def keep_freed_cpu_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 2
             so that growing by one large tensor does not cost one system call each time.
 
     Returns:
-        True when the settings took effect (now or earlier in this process); False where they do
-        not apply: not Linux, a C library other than glibc (musl, or a preloaded jemalloc /
-        tcmalloc, which already behave this way), or a glibc that refused the values.
+        True when glibc took the settings (now or earlier in this process); False where they do
+        not apply: not Linux, a C library other than glibc (musl), or a glibc that refused the
+        values. With jemalloc or tcmalloc preloaded, glibc takes the settings but they change
+        nothing; those allocators reuse freed memory by themselves.
 
     Raises:
         ValueError: when a value is not a positive int.
