@@ -5,9 +5,9 @@ threshold (at most 32 MiB, adjusted at run time) with a fresh ``mmap`` and retur
 kernel on ``free``. At the paper's size a single activation or gradient of a 20-slice batch,
 ``[20, 16, 192, 192]`` float32, is 47 MiB: every training step then maps fresh pages and the
 kernel zeroes each one on its first touch. Measured on a 2-core AMD EPYC VM (torch 2.13, glibc
-2.36): writing a fresh 47 MiB ``bmm`` result took 10.8 ms against 2.7 ms into reused memory, and a
-paper-size training step of the UNet with both losses took 3.4-4.0 s against 1.3-1.4 s
-(``docs/performance.md``).
+2.36): writing a fresh 47 MiB ``bmm`` result took 10.8 ms against 2.7 ms into reused memory, and
+``benchmarks/train_speed.py --size paper`` measured 2765 ms against 1525 ms per plain-PyTorch
+training step and 2791 ms against 1433 ms per joint step of the trainer (``docs/performance.md``).
 
 :func:`keep_freed_cpu_memory` raises the mmap threshold and the trim threshold with ``mallopt``,
 so that large blocks come from the heap and stay there after ``free``, to be reused by the next

@@ -105,7 +105,7 @@ class SemiSupervisedTrainer(Trainer):
         seed: seed of the slice sampler; the augmentations are seeded with ``seed + 1`` and ``seed + 2``.
         log_interval: iterations between progress lines (loss values are read from the device only then).
         tune_cpu_allocator: on a CPU device, call :func:`plc_monai.cpu_allocator.keep_freed_cpu_memory` so
-            that large tensors reuse freed memory instead of fresh pages (about 2.7x faster steps at the
+            that large tensors reuse freed memory instead of fresh pages (1.8-1.9x faster steps at the
             paper's size on a 2-core VM; the process then keeps its peak memory). No effect on GPUs.
         train_handlers: Ignite/MONAI handlers to attach.
         inferer: kept for MONAI bundle compatibility (``train#inferer``); the trainer calls the network directly.

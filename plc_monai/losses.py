@@ -199,7 +199,16 @@ class PixelContrastiveLoss(_Loss):
     @property
     def candidate_classes(self) -> list[int]:
         """Class ids that can be anchors and negatives: ``1..C-1``, or ``0..C-1`` with background."""
-        return list(range(0 if self.include_background else 1, self.num_classes))
+        return list(range(self._first_candidate, self.num_classes))
+
+    @property
+    def _first_candidate(self) -> int:
+        return 0 if self.include_background else 1
+
+    def _candidate_ids(self, device: torch.device) -> torch.Tensor:
+        """:attr:`candidate_classes` as a long tensor made on ``device`` (a tensor from a Python list would
+        need a host-to-device copy, which blocks on CUDA)."""
+        return torch.arange(self._first_candidate, self.num_classes, device=device)
 
     # ------------------------------------------------------------------ input handling
     def _class_ids(self, labels: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -272,7 +281,7 @@ class PixelContrastiveLoss(_Loss):
             if int(lo) < 0 or int(hi) >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}].")
         batch, n_pixels = ids.shape
-        cand = torch.arange(0 if self.include_background else 1, self.num_classes, device=ids.device)
+        cand = self._candidate_ids(ids.device)
         block = max(1, min(self._BLOCK, n_pixels))
         n_blocks = -(-n_pixels // block)
         onehot = torch.empty((batch, cand.shape[0], n_blocks * block), dtype=dtype, device=ids.device)
@@ -442,8 +451,7 @@ class PixelContrastiveLoss(_Loss):
         onehot_pad, block_counts, counts_long = self._class_onehot(ids, compute_dtype)  # [B, K, N_pad], .., [B, K]
         onehot = onehot_pad[..., :n_pixels]  # [B, K, N]
         counts = counts_long.to(compute_dtype)
-        # arange on the device: no host-to-device copy (a tensor from a Python list would block on CUDA)
-        cand = torch.arange(0 if self.include_background else 1, self.num_classes, device=features.device)
+        cand = self._candidate_ids(features.device)
         n_cand = cand.shape[0]
         src, partner = rows[:, 0], rows[:, 1]
         if self.num_samples is None:
