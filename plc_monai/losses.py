@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from plc_monai.native import MAX_CLASSES, block_counts, class_fill, class_sums, load_class_kernels
+
 __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 
 _MATCHING = ("intra", "inter")
@@ -38,29 +40,45 @@ class AnchorSample(NamedTuple):
 class _ClassSumsAndAnchors(torch.autograd.Function):
     """Per-class feature sums and anchor features from one ``[B, D, N]`` tensor, with a single-buffer backward.
 
-    Forward, with ``onehot [B, K, N]`` the masks of the ``K`` candidate classes:
-    ``sums[b, :, k] = sum_{n: onehot[b, k, n] = 1} feats[b, :, n]`` and
-    ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``. Backward writes both gradients into one
-    ``[B, D, N]`` buffer (a broadcast of the class-sum gradient plus an in-place scatter-add of the
-    anchor gradient). Plain autograd would allocate two full-size buffers and add them, which
-    costs more than the whole loss on a CPU.
+    Forward: ``sums[b, :, k] = sum_{n: class(b, n) = k-th candidate} feats[b, :, n]`` and
+    ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``. Two implementations of the sums:
+
+    - PyTorch (``onehot`` given, ``[B, K, N]`` candidate-class masks): a batched GEMM.
+    - native (``onehot`` None; ``labels [B, N]`` float32 class ids, ``class_ids [K]`` float32,
+      ``num_classes``): the kernels of :mod:`plc_monai.native`, float32 on a CPU only. At the paper's
+      size they take about half the GEMM's time forward and 40 % of it backward (docs/loss.md).
+
+    Backward writes both gradients into one ``[B, D, N]`` buffer (the class-sum gradient broadcast
+    to the pixels of each class, then an in-place scatter-add of the anchor gradient). Plain
+    autograd would allocate two full-size buffers and add them, which costs more than the whole
+    loss on a CPU.
     """
 
     @staticmethod
-    def forward(ctx, feats, onehot, src, pixels):  # type: ignore[override]
-        # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
-        sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
+    def forward(ctx, feats, onehot, labels, class_ids, num_classes, src, pixels):  # type: ignore[override]
+        if onehot is None:
+            sums = class_sums(feats, labels, class_ids).to(feats.dtype)  # [B, D, K]
+        else:
+            # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
+            sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
         anchors = feats[src[:, None], :, pixels]  # [R, A, D]
-        ctx.save_for_backward(onehot, src, pixels)
+        ctx.num_classes = num_classes
+        ctx.save_for_backward(onehot, labels, class_ids, src, pixels)
         return sums, anchors
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sums, grad_anchors):  # type: ignore[override]
-        onehot, src, pixels = ctx.saved_tensors
-        grad = torch.bmm(grad_sums.contiguous(), onehot)  # [B, D, N]
+        onehot, labels, class_ids, src, pixels = ctx.saved_tensors
+        if onehot is None:
+            batch, dim = grad_sums.shape[:2]
+            table = grad_sums.new_zeros((batch, dim, ctx.num_classes))  # non-candidate classes get 0
+            table[:, :, class_ids.long()] = grad_sums
+            grad = class_fill(table, labels)  # [B, D, N]
+        else:
+            grad = torch.bmm(grad_sums.contiguous(), onehot)  # [B, D, N]
         grad.transpose(1, 2).index_put_((src[:, None].expand_as(pixels), pixels), grad_anchors, accumulate=True)
-        return grad, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class PixelContrastiveLoss(_Loss):
@@ -141,6 +159,7 @@ class PixelContrastiveLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
         check_inputs: bool = True,
+        native_cpu_kernels: bool = True,
     ) -> None:
         """
         Args:
@@ -161,7 +180,14 @@ class PixelContrastiveLoss(_Loss):
             check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range) on every
                 call. Each check reads a device value on the host, i.e. synchronises a CUDA stream;
                 a training loop that already feeds valid labels may turn them off on the GPU. Shape
-                checks always run (they cost nothing).
+                checks always run (they cost nothing). With the checks off, labels outside
+                ``[0, num_classes)`` give undefined (but memory-safe) results.
+            native_cpu_kernels: for float32 features on a CPU with at most 8 classes, compute the
+                class sums and their gradient with the native kernels of :mod:`plc_monai.native`
+                (built on first use with the system C compiler; x86-64 with AVX2). The PyTorch path
+                is used where they cannot be had (``plc_monai.native.class_kernels_status()`` says
+                why) and always with False. Both paths draw the same anchors and agree to float32
+                rounding.
 
         Raises:
             ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
@@ -195,6 +221,7 @@ class PixelContrastiveLoss(_Loss):
         self.include_background = bool(include_background)
         self.generator = generator
         self.check_inputs = bool(check_inputs)
+        self.native_cpu_kernels = bool(native_cpu_kernels)
 
     @property
     def candidate_classes(self) -> list[int]:
@@ -258,20 +285,17 @@ class PixelContrastiveLoss(_Loss):
             raise ValueError(f"labels must be real, got dtype {ids.dtype}.")
         return ids.reshape(batch, -1).long()
 
-    def _class_onehot(
-        self, ids: torch.Tensor, dtype: torch.dtype = torch.float32
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One-hot masks of the candidate classes, their pixel counts per block of pixels, and per image.
+    def _padded_labels(self, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        """Class ids as floats, padded with -1 to a whole number of blocks of pixels.
 
         Args:
             ids: ``[B, N]`` long class ids.
-            dtype: dtype of the one-hot masks (that of the features' arithmetic).
+            dtype: float dtype of the result (that of the features' arithmetic).
 
         Returns:
-            ``onehot [B, K, N_pad]`` in ``dtype`` (``N_pad`` = ``N`` rounded up to a whole number of
-            blocks, zero in the padding; ``onehot[..., :N]`` is the mask), ``block_counts [B, K, nb]``
-            long (pixels of each candidate class in each block of :attr:`_BLOCK` consecutive pixels)
-            and ``counts [B, K]`` long.
+            ``labels [B, N_pad]`` in ``dtype`` (``N_pad`` = ``N`` rounded up to a multiple of the block
+            size; ``labels[:, :N]`` are the ids, ``-1`` matches no class) and the block size (at most
+            :attr:`_BLOCK`).
 
         Raises:
             ValueError: with ``check_inputs``, when a label lies outside ``[0, num_classes)``.
@@ -281,17 +305,52 @@ class PixelContrastiveLoss(_Loss):
             if int(lo) < 0 or int(hi) >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}].")
         batch, n_pixels = ids.shape
-        cand = self._candidate_ids(ids.device)
         block = max(1, min(self._BLOCK, n_pixels))
-        n_blocks = -(-n_pixels // block)
-        onehot = torch.empty((batch, cand.shape[0], n_blocks * block), dtype=dtype, device=ids.device)
+        n_pad = -(-n_pixels // block) * block
+        if n_pad == n_pixels:
+            return ids.to(dtype), block
+        labels = torch.full((batch, n_pad), -1, dtype=dtype, device=ids.device)
+        labels[:, :n_pixels] = ids
+        return labels, block
+
+    def _use_native(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether this call takes the native CPU kernels (see ``native_cpu_kernels``)."""
+        return (
+            self.native_cpu_kernels
+            and device.type == "cpu"
+            and dtype == torch.float32
+            and self.num_classes <= MAX_CLASSES
+            and load_class_kernels() is not None
+        )
+
+    def _class_onehot(
+        self, labels: torch.Tensor, cand: torch.Tensor, block: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot masks of the candidate classes and their pixel counts per block of pixels (PyTorch path).
+
+        Args:
+            labels: ``[B, N_pad]`` float class ids from :meth:`_padded_labels`.
+            cand: ``[K]`` candidate class ids in the dtype of ``labels``.
+            block: pixels per block (``N_pad`` is a multiple).
+
+        Returns:
+            ``onehot [B, K, N_pad]`` in the dtype of ``labels`` (zero in the padding) and
+            ``block_counts [B, K, N_pad / block]`` long.
+        """
+        batch, n_pad = labels.shape
         # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
         # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
-        torch.eq(ids.to(dtype)[:, None, :], cand.to(dtype)[None, :, None], out=onehot[..., :n_pixels])
-        onehot[..., n_pixels:] = 0
+        onehot = torch.empty((batch, cand.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
+        torch.eq(labels[:, None, :], cand[None, :, None], out=onehot)
         # float sums of at most _BLOCK ones are exact
-        block_counts = onehot.view(batch, cand.shape[0], n_blocks, block).sum(dim=-1).long()
-        return onehot, block_counts, block_counts.sum(dim=-1)
+        counts = onehot.view(batch, cand.shape[0], n_pad // block, block).sum(dim=-1).long()
+        return onehot, counts
+
+    def _block_counts(self, labels: torch.Tensor, cand: torch.Tensor, block: int, native: bool) -> torch.Tensor:
+        """``[B, K, N_pad / block]`` pixels of each candidate class per block; the one-hot is not kept."""
+        if native:
+            return block_counts(labels, cand, block)
+        return self._class_onehot(labels, cand, block)[1]
 
     def _rows(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Anchor roles ``[R, 2]``: (anchor image, partner image or -1); see :class:`AnchorSample`."""
@@ -321,14 +380,15 @@ class PixelContrastiveLoss(_Loss):
 
     # ------------------------------------------------------------------ sampling
     def _draw(
-        self, onehot: torch.Tensor, block_counts: torch.Tensor, n_pixels: int, rows: torch.Tensor,
-        generator: torch.Generator | None,
+        self, labels: torch.Tensor, cand: torch.Tensor, per_block: torch.Tensor, n_pixels: int,
+        rows: torch.Tensor, generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``num_samples`` pixels per (row, candidate class), uniformly with replacement.
 
         Args:
-            onehot: ``[B, K, N_pad]`` candidate-class masks from :meth:`_class_onehot`.
-            block_counts: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
+            labels: ``[B, N_pad]`` float class ids from :meth:`_padded_labels`.
+            cand: ``[K]`` candidate class ids in the dtype of ``labels``.
+            per_block: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
             n_pixels: ``N``, the number of real (unpadded) pixels.
             rows: ``[R, 2]`` anchor roles.
             generator: random generator or None for the global RNG.
@@ -342,28 +402,28 @@ class PixelContrastiveLoss(_Loss):
         holds it (``searchsorted`` over cumulative block counts, ``[R, K, nb]``), then the position
         inside that block (a running count over the ``_BLOCK`` pixels of that block only). A single
         running count over all ``B * K * N`` mask values was the most expensive part of the loss on
-        a CPU.
+        a CPU. Only block counts and labels enter, so the PyTorch and native paths draw the same pixels.
         """
         src = rows[:, 0]
-        n_rows, n_cand = src.shape[0], block_counts.shape[1]
-        n_blocks, block = block_counts.shape[2], onehot.shape[2] // block_counts.shape[2]
-        src_blocks = block_counts[src]  # [R, K, nb]
+        n_rows, n_cand = src.shape[0], per_block.shape[1]
+        n_blocks, block = per_block.shape[2], labels.shape[1] // per_block.shape[2]
+        src_blocks = per_block[src]  # [R, K, nb]
         cum_blocks = src_blocks.cumsum(dim=-1)  # inclusive
         count = cum_blocks[..., -1]  # [R, K]
         valid = count > 0
         n_draw = int(self.num_samples)  # type: ignore[arg-type]
-        gen_device = generator.device if generator is not None else onehot.device
+        gen_device = generator.device if generator is not None else labels.device
         u = torch.rand((n_rows, n_cand, n_draw), generator=generator, device=gen_device, dtype=torch.float64)
-        u = u.to(onehot.device)
+        u = u.to(labels.device)
         rank = torch.minimum((u * count[..., None]).long(), (count[..., None] - 1).clamp_min(0))  # [R, K, S]
         # the block holding the (rank+1)-th pixel: the first whose cumulative count exceeds rank
         blk = torch.searchsorted(cum_blocks, rank, right=True).clamp_max(n_blocks - 1)
         within = rank - (cum_blocks.gather(-1, blk) - src_blocks.gather(-1, blk))  # rank inside the block
-        row_start = (src[:, None] * n_cand + torch.arange(n_cand, device=onehot.device)) * onehot.shape[2]  # [R, K]
-        start = row_start[..., None] + blk * block  # [R, K, S]
-        window = onehot.reshape(-1)[start[..., None] + torch.arange(block, device=onehot.device)]  # [R, K, S, L]
-        # the index of the (within+1)-th one is the number of positions whose running count is still <= within
-        offset = (window.cumsum(dim=-1) <= within[..., None]).sum(dim=-1)
+        start = (src * labels.shape[1])[:, None, None] + blk * block  # [R, K, S]
+        window = labels.reshape(-1)[start[..., None] + torch.arange(block, device=labels.device)]  # [R, K, S, L]
+        match = window == cand[None, :, None, None]
+        # the index of the (within+1)-th match is the number of positions whose running count is still <= within
+        offset = (match.cumsum(dim=-1) <= within[..., None]).sum(dim=-1)
         pixels = (blk * block + offset).clamp(0, n_pixels - 1)
         return pixels, valid
 
@@ -395,9 +455,11 @@ class PixelContrastiveLoss(_Loss):
                 f"got {tuple(getattr(labels, 'shape', ()))}."
             )
         ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
-        onehot, block_counts, _ = self._class_onehot(ids)
+        labels_f, block = self._padded_labels(ids, torch.float32)
+        cand = self._candidate_ids(ids.device).to(torch.float32)
+        counts = self._block_counts(labels_f, cand, block, self._use_native(ids.device, torch.float32))
         rows = self._rows(ids.shape[0], pairs, ids.device)
-        pixels, valid = self._draw(onehot, block_counts, ids.shape[1], rows,
+        pixels, valid = self._draw(labels_f, cand, counts, ids.shape[1], rows,
                                    generator if generator is not None else self.generator)
         return AnchorSample(rows, pixels, valid)
 
@@ -448,20 +510,30 @@ class PixelContrastiveLoss(_Loss):
         batch, dim = features.shape[:2]
         feats = features.to(compute_dtype).reshape(batch, dim, -1)  # [B, D, N]
         n_pixels = feats.shape[2]
-        onehot_pad, block_counts, counts_long = self._class_onehot(ids, compute_dtype)  # [B, K, N_pad], .., [B, K]
-        onehot = onehot_pad[..., :n_pixels]  # [B, K, N]
-        counts = counts_long.to(compute_dtype)
+        labels_pad, block = self._padded_labels(ids, compute_dtype)  # [B, N_pad]
         cand = self._candidate_ids(features.device)
+        cand_f = cand.to(compute_dtype)
         n_cand = cand.shape[0]
+        if self._use_native(features.device, compute_dtype):
+            feats = feats.contiguous()
+            labels_f = labels_pad[:, :n_pixels].contiguous()  # [B, N]
+            per_block = self._block_counts(labels_pad, cand_f, block, native=True)  # [B, K, nb]
+            onehot = None
+        else:
+            onehot_pad, per_block = self._class_onehot(labels_pad, cand_f, block)
+            onehot, labels_f = onehot_pad[..., :n_pixels], None  # [B, K, N]
+        counts = per_block.sum(dim=-1).to(compute_dtype)  # [B, K]
         src, partner = rows[:, 0], rows[:, 1]
         if self.num_samples is None:
             pixels = torch.zeros((rows.shape[0], 0), dtype=torch.long, device=features.device)
         else:
-            pixels3, present_src = self._draw(onehot_pad, block_counts, n_pixels, rows, generator)
+            pixels3, present_src = self._draw(labels_pad, cand_f, per_block, n_pixels, rows, generator)
             n_draw = pixels3.shape[-1]
             pixels = pixels3.reshape(rows.shape[0], -1)  # [R, K*S]
         # sums of the candidate classes only: background is never a mean unless it is a candidate
-        sums, anchor_feats = _ClassSumsAndAnchors.apply(feats, onehot, src, pixels)  # [B, D, K], [R, A, D]
+        sums, anchor_feats = _ClassSumsAndAnchors.apply(
+            feats, onehot, labels_f, cand_f, self.num_classes, src, pixels
+        )  # [B, D, K], [R, A, D]
         if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
             if not torch.isfinite(features).all():
