@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,17 +12,11 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark_modules import load_benchmark  # noqa: E402
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("plc_benchmarks_train_speed", REPO / "benchmarks" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_speed = _load_benchmark()
+train_speed = load_benchmark("train_speed")
 
 
 def _positive_finite(value) -> bool:

@@ -1,0 +1,17 @@
+"""Import a script of benchmarks/ as a module, for the tests of that script."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a fresh module named ``plc_benchmarks_<name>``."""
+    spec = importlib.util.spec_from_file_location(f"plc_benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
