@@ -255,3 +255,19 @@ def test_library_is_built_once_and_reused(fresh_loader, monkeypatch):
     assert native.load_class_kernels() is not None
     assert calls == [] and built[0].stat().st_mtime_ns == stamp
     assert [p.name for p in fresh_loader.iterdir()] == [built[0].name]
+
+
+def test_command_line_reports_the_state(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PLC_MONAI_NATIVE": "0"}
+    done = subprocess.run([sys.executable, "-m", "plc_monai", "kernels"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "disabled by PLC_MONAI_NATIVE" in done.stdout and "available" in done.stdout
+    if BUILDABLE_HERE:
+        env = {**os.environ, "PLC_MONAI_NATIVE_CACHE": str(tmp_path)}
+        env.pop("PLC_MONAI_NATIVE", None)
+        done = subprocess.run([sys.executable, "-m", "plc_monai", "kernels"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0 and "loaded from" in done.stdout and str(tmp_path) in done.stdout, done.stdout
