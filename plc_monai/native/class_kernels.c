@@ -22,10 +22,19 @@
 #define ROWS 4       /* feature channels that share one set of label masks */
 #define FLUSH 1024   /* 8-pixel steps between float32 -> float64 flushes of the sums */
 
+/* Compiled for the baseline x86-64 target, so that a CPU without AVX2 can call it and get 0. */
 int plc_cpu_supported(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+/* Everything below uses AVX2 and FMA (only called after plc_cpu_supported() returned 1). */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
 
 /* ------------------------------------------------------------------ class sums */
 
@@ -171,3 +180,9 @@ void plc_block_counts(const float* lab, int64_t B, int64_t N, const float* cls, 
     PARALLEL_FOR
     for (int64_t b = 0; b < B; ++b) count_image(lab + b * N, N, cls, K, block, counts + b * K * nb);
 }
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
