@@ -271,3 +271,12 @@ def test_command_line_reports_the_state(tmp_path):
         done = subprocess.run([sys.executable, "-m", "plc_monai", "kernels"], capture_output=True, text=True,
                               env=env, timeout=120)
         assert done.returncode == 0 and "loaded from" in done.stdout and str(tmp_path) in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(not BUILDABLE_HERE, reason="not x86-64 Linux with AVX2, FMA and a C compiler")
+def test_cpu_without_avx2_is_refused(monkeypatch, fresh_loader):
+    monkeypatch.setattr(loader.ClassKernels, "cpu_supported", lambda self: False)
+    assert native.load_class_kernels() is None
+    assert native.class_kernels_status()["reason"] == "this CPU lacks AVX2 or FMA"
+    with pytest.raises(RuntimeError, match="not available: this CPU lacks AVX2 or FMA"):
+        native.class_fill(torch.zeros(1, 1, 2), torch.zeros(1, 4))

@@ -62,6 +62,7 @@ class ClassKernels:
         self.lib = lib
 
     def cpu_supported(self) -> bool:
+        """Whether this CPU has AVX2 and FMA (asked of the library, whose check runs on any x86-64)."""
         return bool(self.lib.plc_cpu_supported())
 
 
