@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         # what holds, not what was asked: the setting cannot be undone once made in a process
         "cpu_allocator": "kept" if cpu_memory_kept() else "default",
-        # the CPU path that ran: "on" only where asked for and the kernels loaded
-        "native_kernels": {**class_kernels_status(), "used": args.native_kernels == "on" and class_kernels_status()["available"]},
+        # whether any case ran on the kernels (each result says which path it took, as the loss decided)
+        "native_kernels": {**class_kernels_status(), "used": any(r["class_sums"] == "native" for r in results)},
         "machine": machine_info(devices),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "results": results,
