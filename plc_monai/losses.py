@@ -122,6 +122,10 @@ class PixelContrastiveLoss(_Loss):
       With ``"inter"``, an image in several pairs draws fresh anchors for each pair.
     - Background (class 0) is neither an anchor nor a negative unless ``include_background=True``.
     - Classes absent from an image give no anchors and no negatives; they are skipped, never NaN.
+    - An anchor without any negative class (``"intra"``: no other candidate class in its image;
+      ``"inter"``: none in its image or its partner) gives no term. Its intra term would be exactly 0
+      and would only dilute the mean on slices with few structures; the authors avoided the case by
+      admitting only slices that hold every class.
     - Similarities are computed in float32 (float64 inputs stay float64), with autocast disabled,
       so the loss is safe to call inside ``torch.autocast``.
     - Eq. (4) is written as a probability; the loss term is its negative log, as in the authors' code.
@@ -570,6 +574,11 @@ class PixelContrastiveLoss(_Loss):
 
         self_logits = _logits(src)
         self_pos = self_logits.gather(-1, cls_index)[..., 0]
+        # an anchor with no negative class (no other candidate class present in its image, nor in its
+        # partner for "inter") has no contrast: its intra term is exactly 0 and its inter terms only
+        # balance two means of its own class. Such anchors stay out of the mean instead of diluting it.
+        seen = present[src] if self.matching == "intra" else present[src] | present[partner]  # [R, K]
+        valid = valid & (seen.sum(dim=1, keepdim=True) >= 2)
         if self.matching == "intra":
             terms = torch.logsumexp(self_logits, dim=-1) - self_pos
             term_valid = valid

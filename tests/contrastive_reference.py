@@ -102,9 +102,13 @@ def reference_terms(
                 z = images[x][:, i]
                 own = {k: torch.exp(_cosine(z, m) / temperature) for k, m in means[x].items()}
                 if partner is None:
+                    if len(own) < 2:  # no negative class: no term
+                        continue
                     terms.append(-torch.log(own[c] / sum(own.values())))
                     continue
                 other = {k: torch.exp(_cosine(z, m) / temperature) for k, m in means[partner].items()}
+                if not (set(own) | set(other)) - {c}:  # no negative class in either image: no term
+                    continue
                 den = sum(own.values()) + sum(other.values())
                 terms.append(-torch.log(own[c] / den))
                 if c in other:
@@ -116,7 +120,8 @@ def reference_loss(*args, reduction: str = "mean", **kwargs) -> torch.Tensor:
     """``reference_terms`` reduced by ``"mean"`` (plain mean over terms, 0 when there are none) or ``"sum"``."""
     terms = reference_terms(*args, **kwargs)
     if not terms:
-        return torch.zeros(())
+        features = args[0] if args else kwargs["features"]
+        return features.new_zeros(()).detach()
     total = terms[0]
     for t in terms[1:]:
         total = total + t

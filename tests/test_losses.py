@@ -253,13 +253,27 @@ def test_absent_classes_are_skipped_not_nan():
         assert bool(torch.isfinite(feats.grad).all())
 
 
-def test_single_class_image_intra_terms_are_zero():
-    features = torch.randn(2, 4, 5, 5)
+def test_anchors_without_negative_class_give_no_term():
+    """A slice with a single foreground class has no negative for its anchors: with "intra" they give no
+    term (it would be exactly 0 and dilute the mean); with "inter" only a partner holding another class
+    gives them negatives."""
+    features = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     labels = torch.zeros(2, 1, 5, 5, dtype=torch.long)
-    labels[:, :, 1:3, 1:4] = 1  # one foreground class: softmax over a single mean
-    terms = PixelContrastiveLoss(3, matching="intra", num_samples=None, reduction="none")(features, labels)
-    assert terms.numel() == 12
-    torch.testing.assert_close(terms, torch.zeros(12), atol=1e-6, rtol=0)
+    labels[:, :, 1:3, 1:4] = 1  # 6 pixels of class 1 in both images
+    intra = PixelContrastiveLoss(3, matching="intra", num_samples=None, reduction="none")
+    inter = PixelContrastiveLoss(3, matching="inter", num_samples=None, reduction="none")
+    assert intra(features, labels).numel() == 0
+    assert inter(features, labels).numel() == 0
+    # image 1 gains class 2: its own anchors now have a negative, and so do image 0's through the pair
+    labels[1, :, 4, 4] = 2
+    assert intra(features, labels).numel() == 6 + 1  # image 1's 6 class-1 anchors and 1 class-2 anchor
+    assert inter(features, labels).numel() == 2 * 6 + 2 * 6 + 1  # class 1 in both images: two terms each
+    # the mean is over the counted terms only: equal to the loop reference, which skips the same anchors
+    for matching in ("intra", "inter"):
+        value = PixelContrastiveLoss(3, matching=matching, num_samples=None)(features, labels)
+        ref = reference_loss(features, labels[:, 0], 3, matching, 0.1, False)
+        torch.testing.assert_close(value, ref)
+        assert float(value) > 0
 
 
 def test_inter_partner_missing_class_analytic():
