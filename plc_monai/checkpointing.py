@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.utils import optional_import
 
-from plc_monai.atomic_files import atomic_torch_save
+from plc_monai.atomic_files import atomic_torch_save, atomic_write_json
 from plc_monai.runtime import is_main_process
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -27,6 +27,8 @@ else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
+
+_SELECTIONS = ("final_phase", "all_phases")
 
 
 
@@ -117,14 +119,24 @@ class ResumeCheckpoint:
 
 
 class BestModelPerPhase:
-    """Keep the best validation model of each training phase (attach to the evaluator).
+    """Keep the best validation model of each training phase and of each pseudo-labeling round.
 
-    After each validation it reads ``metric_name`` from the evaluator and the phase from the trainer
-    (``trainer.phase()``). An improvement within the phase is kept in memory (the trainer starts the
-    joint phase from the best warm-up weights) and written atomically: the warm-up's best to
-    ``<save_dir>/model_warmup.pt``, the best of the schedule's last phase (``trainer.final_phase``:
-    joint, fine-tuning, or warm-up when there is nothing else) to ``<save_dir>/<final_filename>``, the
-    deployable ``model.pt``.
+    After each validation it reads ``metric_name`` from the evaluator and the phase and round from the
+    trainer (``trainer.phase()``, ``trainer.round_index()``). An improvement within the phase is kept
+    in memory (the trainer starts the joint phase from the best warm-up weights) and written
+    atomically: the warm-up's best to ``<save_dir>/model_warmup.pt`` and the deployable model to
+    ``<save_dir>/<final_filename>``. An improvement within a joint round is handed to the trainer
+    (``trainer.keep_round_best``) when it restores the best model at each round.
+
+    Which model is deployable (``selection``):
+
+    - ``"final_phase"``: the best of the schedule's last phase (``trainer.final_phase``: joint,
+      fine-tuning, or warm-up when there is nothing else), over all of its rounds;
+    - ``"all_phases"``: the best over every phase, warm-up included (a joint phase that never beats
+      the warm-up on the validation set then ships the warm-up model).
+
+    Every improvement also rewrites ``<save_dir>/best_models.json``: the best validation value and
+    iteration of the warm-up, of each round and of each phase, and which of them ``model.pt`` holds.
 
     Attach it to the trainer (it is a ``train#handlers`` entry, so the bundle config has no
     reference cycle between trainer and evaluator).
@@ -135,6 +147,7 @@ class BestModelPerPhase:
         save_dir: folder for the model files.
         metric_name: the evaluator metric to maximise.
         final_filename: file name of the deployable model.
+        selection: ``"final_phase"`` or ``"all_phases"`` (see above).
     """
 
     def __init__(
@@ -144,14 +157,20 @@ class BestModelPerPhase:
         save_dir: str | os.PathLike,
         metric_name: str = "val_mean_dice",
         final_filename: str = "model.pt",
+        selection: str = "final_phase",
     ) -> None:
+        if selection not in _SELECTIONS:
+            raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}.")
         self.evaluator = evaluator
         self.trainer: Any = None
         self.network = network
         self.save_dir = Path(save_dir)
         self.metric_name = metric_name
         self.final_filename = final_filename
+        self.selection = selection
         self.best: dict[str, dict[str, float]] = {}
+        self.rounds: dict[str, dict[str, float]] = {}
+        self.shipped: dict[str, Any] | None = None
 
     def attach(self, trainer: Engine) -> None:
         """Attach to the trainer: listens to its evaluator's ``EPOCH_COMPLETED`` and registers for checkpoints."""
@@ -160,29 +179,62 @@ class BestModelPerPhase:
         if hasattr(trainer, "resumable"):
             trainer.resumable["best_model_per_phase"] = self
 
+    def _ships(self, phase: str, value: float) -> bool:
+        if self.selection == "all_phases":
+            return self.shipped is None or value > self.shipped["metric"]
+        return phase == getattr(self.trainer, "final_phase", phase)
+
     def __call__(self, evaluator: Engine) -> None:
         value = evaluator.state.metrics.get(self.metric_name)
         if value is None:
             raise KeyError(f"the evaluator computed no metric {self.metric_name!r}; it has {sorted(evaluator.state.metrics)}.")
         value = float(value)
+        if value != value:  # NaN
+            return
         phase = self.trainer.phase()
         iteration = int(self.trainer.state.iteration)
-        previous = self.best.get(phase)
-        if value != value or (previous is not None and value <= previous["metric"]):  # NaN or no improvement
+        record = {"metric": value, "iteration": iteration}
+        round_key = str(self.trainer.round_index()) if phase == "joint" and hasattr(self.trainer, "round_index") else None
+        round_best = round_key is not None and (round_key not in self.rounds or value > self.rounds[round_key]["metric"])
+        phase_best = phase not in self.best or value > self.best[phase]["metric"]
+        if not (round_best or phase_best):
             return
-        self.best[phase] = {"metric": value, "iteration": iteration}
         weights = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
-        if phase == "warmup":
-            self.trainer.best_warmup_state = weights
-        if is_main_process():
+        if round_best:
+            self.rounds[round_key] = dict(record)
+            if getattr(self.trainer, "restore_best_each_round", False):
+                self.trainer.keep_round_best(weights)
+        if phase_best:
+            self.best[phase] = dict(record)
             if phase == "warmup":
-                atomic_torch_save(weights, self.save_dir / "model_warmup.pt")
-            if phase == getattr(self.trainer, "final_phase", phase):
-                atomic_torch_save(weights, self.save_dir / self.final_filename)
-        self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
+                self.trainer.best_warmup_state = weights
+            ships = self._ships(phase, value)
+            if ships:
+                self.shipped = {"phase": phase, **record}
+            if is_main_process():
+                if phase == "warmup":
+                    atomic_torch_save(weights, self.save_dir / "model_warmup.pt")
+                if ships:
+                    atomic_torch_save(weights, self.save_dir / self.final_filename)
+            self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
+        if is_main_process():
+            atomic_write_json(self.save_dir / "best_models.json", self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        """The best validation value and iteration per phase and per joint round, and what ``model.pt`` holds."""
+        return {
+            "metric": self.metric_name,
+            "selection": self.selection,
+            "phases": {k: dict(v) for k, v in self.best.items()},
+            "rounds": {k: dict(v) for k, v in sorted(self.rounds.items(), key=lambda kv: int(kv[0]))},
+            self.final_filename: dict(self.shipped) if self.shipped else None,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": {k: dict(v) for k, v in self.best.items()}}
+        return {"best": {k: dict(v) for k, v in self.best.items()}, "rounds": {k: dict(v) for k, v in self.rounds.items()},
+                "shipped": dict(self.shipped) if self.shipped else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = {k: dict(v) for k, v in state["best"].items()}
+        self.rounds = {k: dict(v) for k, v in state.get("rounds", {}).items()}
+        self.shipped = dict(state["shipped"]) if state.get("shipped") else None

@@ -15,6 +15,7 @@ baseline. A new variant overrides :meth:`warmup_step` or :meth:`joint_step`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ else:
     Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["SemiSupervisedTrainer", "IterationTokens"]
+
+_UNLABELED_SLICES = ("any", "all_classes")
 
 
 def _numpy_state_to_torch(state: tuple) -> tuple:
@@ -102,6 +105,16 @@ class SemiSupervisedTrainer(Trainer):
         amp: autocast the forward pass (bf16 where supported, else fp16 with a gradient scaler).
         channels_last: use the channels-last memory format (faster convolutions on GPU).
         reset_optimizer_at_joint: clear the optimizer's moments when step 2 starts (the authors build a new optimizer).
+        round_length: iterations per pseudo-labeling round of the joint phase (the refresh interval ``P``);
+            0: the joint phase is one round. Used to tell rounds apart for :meth:`round_index`.
+        restore_best_each_round: at the start of every joint round after the first, load the weights and
+            optimizer state of the best validation model of the round just ended (kept by
+            :class:`~plc_monai.checkpointing.BestModelPerPhase`), as the authors' code does; the
+            pseudo-label refresh of that iteration then predicts with it (the trainer's handlers run
+            before the attached ones).
+        unlabeled_slices: which unlabeled slices a joint batch draws: ``"any"`` (every admitted slice) or
+            ``"all_classes"`` (only slices whose pseudo-label holds every foreground class, as the
+            authors did for the contrastive batch; falls back to all admitted slices when none does).
         seed: seed of the slice sampler; the augmentations are seeded with ``seed + 1`` and ``seed + 2``.
         log_interval: iterations between progress lines (loss values are read from the device only then).
         tune_cpu_allocator: on a CPU device, call :func:`plc_monai.cpu_allocator.keep_freed_cpu_memory` so
@@ -141,6 +154,9 @@ class SemiSupervisedTrainer(Trainer):
         amp: bool = False,
         channels_last: bool = False,
         reset_optimizer_at_joint: bool = True,
+        round_length: int = 0,
+        restore_best_each_round: bool = False,
+        unlabeled_slices: str = "any",
         seed: int = 0,
         log_interval: int = 50,
         tune_cpu_allocator: bool = True,
@@ -157,6 +173,10 @@ class SemiSupervisedTrainer(Trainer):
             )
         if lambda_cont < 0:
             raise ValueError(f"lambda_cont must be >= 0, got {lambda_cont}.")
+        if round_length < 0:
+            raise ValueError(f"round_length must be >= 0 iterations, got {round_length}.")
+        if unlabeled_slices not in _UNLABELED_SLICES:
+            raise ValueError(f"unlabeled_slices must be one of {_UNLABELED_SLICES}, got {unlabeled_slices!r}.")
         device = torch.device(device)
         if device.type == "cpu" and tune_cpu_allocator:
             keep_freed_cpu_memory()
@@ -209,6 +229,9 @@ class SemiSupervisedTrainer(Trainer):
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.use_amp and self.amp_dtype == torch.float16 else None
         self.channels_last = channels_last and device.type == "cuda"
         self.reset_optimizer_at_joint = reset_optimizer_at_joint
+        self.round_length = int(round_length)
+        self.restore_best_each_round = bool(restore_best_each_round)
+        self.unlabeled_slices = unlabeled_slices
         self.log_interval = max(1, int(log_interval))
         self.inferer = inferer
         # under torch.distributed each rank draws its own slices and augmentations
@@ -218,8 +241,11 @@ class SemiSupervisedTrainer(Trainer):
             if aug is not None and hasattr(aug, "set_random_state"):
                 aug.set_random_state(rank_seed + offset)
         self.best_warmup_state: dict[str, torch.Tensor] | None = None
+        # {"round": k, "network": weights, "optimizer": state} of the best model of the current round
+        self.best_round_state: dict[str, Any] | None = None
         self.joint_started = False
         self._keep_cache: tuple[int, torch.Tensor] | None = None
+        self._complete_cache: tuple[int, torch.Tensor] = (-1, torch.zeros(0))
         self._warned: set[str] = set()
         # objects whose state a ResumeCheckpoint saves; handlers of this package add themselves on attach
         self.resumable: dict[str, Any] = {"trainer": self, "trainer_extras": _Extras(self)}
@@ -227,6 +253,8 @@ class SemiSupervisedTrainer(Trainer):
             self.network.to(memory_format=torch.channels_last)
         if self.warmup_iterations < self.joint_end:
             self.add_event_handler(Events.ITERATION_STARTED(once=self.warmup_iterations + 1), self._start_joint)
+            if self.restore_best_each_round and self.round_length > 0:
+                self.add_event_handler(Events.ITERATION_STARTED(event_filter=self._round_start), self._restore_round_best)
         if train_handlers is not None:
             for handler in train_handlers:
                 handler.attach(self)
@@ -251,6 +279,39 @@ class SemiSupervisedTrainer(Trainer):
             return "warmup"
         return "joint" if iteration <= self.joint_end else "finetune"
 
+    def round_index(self, iteration: int | None = None) -> int:
+        """0 in the warm-up, ``k`` (1-based) in the ``k``-th pseudo-labeling round of the joint phase, one
+        past the last round in the fine-tuning phase."""
+        iteration = self.state.iteration if iteration is None else iteration
+        if iteration <= self.warmup_iterations:
+            return 0
+        last = iteration if iteration <= self.joint_end else self.joint_end + 1
+        return 1 if self.round_length <= 0 else (last - self.warmup_iterations - 1) // self.round_length + 1
+
+    def _round_start(self, engine: Engine, event: int) -> bool:
+        """True at the first iteration of every joint round after the first."""
+        since = event - self.warmup_iterations - 1
+        return since > 0 and since % self.round_length == 0 and event <= self.joint_end
+
+    def keep_round_best(self, weights: dict[str, torch.Tensor]) -> None:
+        """Remember ``weights`` and a copy of the optimizer state as the best model of the current round."""
+        self.best_round_state = {
+            "round": self.round_index(),
+            "network": weights,
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore_round_best(self, engine: Engine | None = None) -> None:
+        """Continue from the best model of the round that just ended (weights and optimizer state)."""
+        best = self.best_round_state
+        ended = self.round_index() - 1
+        if best is None or best["round"] != ended:
+            self.logger.info(f"round {ended + 1}: no validated model of round {ended} to restore; continuing")
+            return
+        getattr(self.network, "module", self.network).load_state_dict(best["network"])
+        self.optimizer.load_state_dict(best["optimizer"])
+        self.logger.info(f"round {ended + 1}: continuing from the best model of round {ended}")
+
     def _start_joint(self, engine: Engine | None = None) -> None:
         """Step 2 starts from the best warm-up weights (the paper's theta^(0), xi^(0)) with a fresh optimizer."""
         if self.best_warmup_state is not None:
@@ -269,12 +330,26 @@ class SemiSupervisedTrainer(Trainer):
         if self._keep_cache is None or self._keep_cache[0] != store.version:
             # the admission mask changes only at a refresh: keep a host copy per store version
             self._keep_cache = (store.version, store.keep.float().cpu())
+            if self.unlabeled_slices == "all_classes":
+                self._complete_cache = (store.version, self._complete_slices(store.labels).float().cpu())
         weights = self._keep_cache[1]
         if not bool(weights.any()):
             self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; sampling all of them.")
             weights = torch.ones_like(weights)
+        elif self.unlabeled_slices == "all_classes":
+            complete = weights * self._complete_cache[1]
+            if bool(complete.any()):
+                weights = complete
+            else:
+                self._warn_once("none-complete", "no unlabeled slice holds every class in its pseudo-label; sampling all admitted slices.")
         idx = torch.multinomial(weights, count, replacement=True, generator=self.sampler_generator)
         return idx.to(self.state.device, non_blocking=True)
+
+    def _complete_slices(self, labels: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: the slices of ``labels [N, H, W]`` that hold every foreground class."""
+        num_classes = int(getattr(self.contrastive_loss, "num_classes", 0)) or int(self.labeled.labels.max()) + 1
+        flat = labels.reshape(labels.shape[0], -1)
+        return torch.stack([(flat == c).any(dim=1) for c in range(1, num_classes)], dim=1).all(dim=1)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -393,6 +468,7 @@ class SemiSupervisedTrainer(Trainer):
             "numpy_rng": _numpy_state_to_torch(np.random.get_state()),
             "python_rng": random.getstate(),
             "best_warmup_state": self.best_warmup_state,
+            "best_round_state": self.best_round_state,
             "joint_started": self.joint_started,
         }
 
@@ -408,6 +484,7 @@ class SemiSupervisedTrainer(Trainer):
         np.random.set_state(_numpy_state_from_torch(state["numpy_rng"]))
         random.setstate(state["python_rng"])
         self.best_warmup_state = state["best_warmup_state"]
+        self.best_round_state = state.get("best_round_state")
         self.joint_started = bool(state["joint_started"])
 
 

@@ -545,11 +545,13 @@ class N4BiasFieldCorrectiond(MapTransform):
 
 
 class PercentileNormalized(MapTransform):
-    """Per-volume percentile normalisation ``(x - p_lower) / (p_upper - p_lower)``, no clipping.
+    """Per-volume percentile normalisation ``(x - p_lower) / (p_upper - p_lower)``, then optional clipping.
 
     Percentiles are taken over the whole volume (all channels) with numpy's linear
     interpolation, as the authors' ``normalize_minmax_data`` does. Values below ``p_lower`` and
-    above ``p_upper`` fall outside ``[0, 1]`` and are kept. MONAI's
+    above ``p_upper`` fall outside ``[0, 1]``; they are kept unless ``clip`` is given. The bundles clip
+    to the range that the training batch augmentation clips to (``intensity_range``, ``[0, 1.5]``), so
+    validation, test, pseudo-label and inference inputs lie in the same range as training inputs. MONAI's
     ``ScaleIntensityRangePercentilesd(lower, upper, 0, 1, clip=False)`` computes the same map but
     silently returns ``x - p_lower`` for a constant image; here that is an error.
 
@@ -557,20 +559,30 @@ class PercentileNormalized(MapTransform):
         keys: image keys.
         lower: lower percentile in ``[0, 100)``. Defaults to 1.
         upper: upper percentile in ``(lower, 100]``. Defaults to 99.
+        clip: ``(low, high)`` range of the output, or None (default) for no clipping.
         allow_missing_keys: don't raise when a key is missing.
 
     Raises:
-        ValueError: when the percentiles are out of range or not ordered.
+        ValueError: when the percentiles are out of range or not ordered, or ``clip`` is not ``(low, high)``
+            with ``low < high``.
     """
 
     def __init__(
-        self, keys: KeysCollection, lower: float = 1.0, upper: float = 99.0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        lower: float = 1.0,
+        upper: float = 99.0,
+        clip: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not 0.0 <= lower < upper <= 100.0:
             raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}.")
+        if clip is not None and (len(clip) != 2 or not float(clip[0]) < float(clip[1])):
+            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
         self.lower = float(lower)
         self.upper = float(upper)
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Normalise every key.
@@ -591,5 +603,7 @@ class PercentileNormalized(MapTransform):
                     f"(= {p_lo}); a constant image cannot be normalised."
                 )
             out = (arr - np.float32(p_lo)) / np.float32(p_hi - p_lo)
+            if self.clip is not None:
+                np.clip(out, self.clip[0], self.clip[1], out=out)
             d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
         return d
