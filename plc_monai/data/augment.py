@@ -27,6 +27,13 @@ the defaults here reproduce, is (``authors_implementation_facts.md`` section 4):
 - no crop, and no intensity change on the segmentation batch (the authors compute one but an if/elif
   ordering bug discards it). :func:`paper_seg_augmentation` can add it with ``intensity=True``.
 
+What the bundles' trainer does differs in one point: it applies :class:`RandBrightnessContrastBatchd`
+to every training batch, warm-up and joint (with one shared forward pass the segmentation and the
+contrastive batch are the same slices), clipped to the bundle's ``intensity_range`` ``[0, 1.5]``.
+Every other input (validation, test, pseudo-label prediction, inference) is clipped to the same range
+by ``PercentileNormalized(clip=...)`` in the preprocessing, so the network never sees at inference an
+intensity range that training never showed it.
+
 Deviation: the authors warp one-hot labels bilinearly (soft labels); here labels are resampled with
 nearest neighbour and keep their integer dtype, so Dice/CE targets stay hard class ids.
 """
