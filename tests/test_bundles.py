@@ -170,24 +170,6 @@ def test_scheme_selects_model_folder_and_matching(name, tmp_path):
     assert Path(infer_intra.get_parsed_content("ckpt_file")) == tmp_path / "models" / "intra" / "model.pt"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bundles_differ_only_in_dataset_constants(name):
-    """Keys outside the dataset constants are identical to ACDC's in every config file."""
-    constants = {"dataset_name", "class_names", "num_classes", "spacing_mm", "crop_size", "label_raw_values",
-                 "label_aliases", "reader_options", "bundle_root", "dataset_dir", "input_channels", "input_exclude"}
-    for config in ("train", "evaluate", "inference", "scheme_intra", "multi_gpu_train"):
-        ours, ref = read_json(config_file(name, config)), read_json(config_file("acdc", config))
-        assert set(ours) == set(ref), f"{name}/{config}.json has other top-level keys than acdc"
-        differing = {k for k in ours if ours[k] != ref[k]}
-        assert differing <= constants, f"{name}/{config}.json differs from acdc in {sorted(differing - constants)}"
-    spec = get_spec(name)
-    train = read_json(config_file(name, "train"))
-    assert train["class_names"] == list(spec.class_names) and train["num_classes"] == spec.num_classes
-    assert train["label_raw_values"] == list(spec.raw_label_values)
-    assert train["spacing_mm"] == spec.spacing_mm and [train["crop_size"]] * 2 == list(spec.crop_size)
-    assert train["bundle_root"] == f"bundles/{name}"
-
-
 @pytest.mark.parametrize("spelling", ["false", "true"])
 def test_switches_spelled_in_lower_case_on_the_command_line(spelling, tmp_path):
     """``--n4 false`` reaches the config as the *string* 'false' (Python Fire keeps non-literals as text),
