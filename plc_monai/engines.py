@@ -121,7 +121,6 @@ class SemiSupervisedTrainer(Trainer):
             that large tensors reuse freed memory instead of fresh pages (1.8-1.9x faster steps at the
             paper's size on a 2-core VM; the process then keeps its peak memory). No effect on GPUs.
         train_handlers: Ignite/MONAI handlers to attach.
-        inferer: kept for MONAI bundle compatibility (``train#inferer``); the trainer calls the network directly.
 
     Raises:
         ValueError: for inconsistent sizes (e.g. ``labeled_per_batch > batch_size``) or an empty labeled pool.
@@ -161,7 +160,6 @@ class SemiSupervisedTrainer(Trainer):
         log_interval: int = 50,
         tune_cpu_allocator: bool = True,
         train_handlers: Sequence | None = None,
-        inferer: Any = None,
     ) -> None:
         if len(labeled) == 0 or labeled.labels is None:
             raise ValueError("the labeled set is empty: at least one labeled volume is needed for the warm-up.")
@@ -233,7 +231,6 @@ class SemiSupervisedTrainer(Trainer):
         self.restore_best_each_round = bool(restore_best_each_round)
         self.unlabeled_slices = unlabeled_slices
         self.log_interval = max(1, int(log_interval))
-        self.inferer = inferer
         # under torch.distributed each rank draws its own slices and augmentations
         rank_seed = seed + 1000 * int(self.state.rank)
         self.sampler_generator = torch.Generator().manual_seed(rank_seed)

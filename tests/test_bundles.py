@@ -89,7 +89,7 @@ def test_every_reference_resolves(name, config_set):
 def test_dangling_reference_is_caught():
     """Negative control of the check above: a reference to a missing id inside an expression raises."""
     parser = _parser("acdc", ["train"])
-    parser["train#handlers#0#save_dir"] = "$@no_such_id + '/models'"
+    parser["train#pseudo_label_refresh#output_dir"] = "$@no_such_id + '/pseudo_labels'"
     parser.parse(reset=True)
     with pytest.raises(ValueError, match="no_such_id"):
         parser.get_parsed_content("", instantiate=False, eval_expr=False)
@@ -107,6 +107,57 @@ def test_train_handlers_are_target_dicts(name):
         validation = [h for h in handlers if h["_target_"] == "ValidationHandler"]
         assert len(validation) == 1
         assert validation[0]["validator"] == "@validate#evaluator" and validation[0]["interval"] == "@val_interval"
+
+
+def test_no_config_addresses_a_handler_by_list_position():
+    """Overrides name handlers by id (``train#pseudo_label_refresh#...``), never as ``train#handlers#<index>``."""
+    position = re.compile(r"handlers#\d")
+    files = sorted(BUNDLES.glob("*/configs/**/*.json"))
+    assert len(files) >= 3 * 12
+    for path in files:
+        assert not position.search(path.read_text(encoding="utf-8")), f"{path} addresses a handler by position"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_refresh_handler_is_named_and_listed_once(name):
+    """``train#handlers`` lists the refresh handler by reference; the two-step methods override it by id."""
+    parser = _parser(name, ["train", "methods/two_step_semi"])
+    entries = [h for h in parser["train#handlers"] if "pseudo_label_refresh" in h["_target_"]]
+    assert entries == [{"_target_": "@train#pseudo_label_refresh", "_mode_": "callable"}]
+    assert parser["train#pseudo_label_refresh#_target_"] == "plc_monai.handlers.PseudoLabelRefresh"
+    assert parser.get_parsed_content("train#pseudo_label_refresh#num_refreshes") == 1
+    assert _parser(name, ["train"]).get_parsed_content("train#pseudo_label_refresh#num_refreshes") == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_derived_defaults(name):
+    """``num_classes`` is counted from ``class_names``; ``scheme`` follows ``matching`` unless set."""
+    parser = _parser(name, ["train"])
+    assert parser["num_classes"] == "$len(@class_names)"
+    assert parser.get_parsed_content("num_classes") == len(parser["class_names"])
+    assert _parser(name, ["inference"]).get_parsed_content("num_classes") == len(parser["class_names"])
+    assert parser.get_parsed_content("scheme") == "inter"
+    assert _parser(name, ["train"], matching="intra").get_parsed_content("scheme") == "intra"
+    assert _parser(name, ["train", "methods/plc_intra"]).get_parsed_content("scheme") == "plc_intra"
+    assert "inferer" not in parser["train#trainer"]
+
+
+def test_demo_config_merges_after_train_json(tmp_path):
+    """``demo.json`` holds plain values (also usable as overrides) and passes the start-up checks."""
+    from plc_monai.cli import demo_config
+
+    path = demo_config()
+    assert path == config_file("acdc", "demo")
+    values = read_json(path)
+    assert values and not any(isinstance(v, str) and v[:1] in "$@%" for v in values.values())
+    parser = _parser("acdc", ["train", "demo"], output_dir=str(tmp_path / "run"))
+    for key, value in values.items():
+        assert parser.get_parsed_content(key) == value, key
+    parser.get_parsed_content("initialize")  # the start-up checks accept the demo's values
+    crop = values["crop_size"]
+    network = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        assert network(torch.zeros(1, 1, crop, crop)).shape == (1, 4, crop, crop)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -168,24 +219,6 @@ def test_scheme_selects_model_folder_and_matching(name, tmp_path):
     infer_intra = _parser(name, ["inference"], bundle_root=root, scheme="intra")
     assert Path(infer_inter.get_parsed_content("ckpt_file")) == tmp_path / "models" / "model.pt"
     assert Path(infer_intra.get_parsed_content("ckpt_file")) == tmp_path / "models" / "intra" / "model.pt"
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_bundles_differ_only_in_dataset_constants(name):
-    """Keys outside the dataset constants are identical to ACDC's in every config file."""
-    constants = {"dataset_name", "class_names", "num_classes", "spacing_mm", "crop_size", "label_raw_values",
-                 "label_aliases", "reader_options", "bundle_root", "dataset_dir", "input_channels", "input_exclude"}
-    for config in ("train", "evaluate", "inference", "scheme_intra", "multi_gpu_train"):
-        ours, ref = read_json(config_file(name, config)), read_json(config_file("acdc", config))
-        assert set(ours) == set(ref), f"{name}/{config}.json has other top-level keys than acdc"
-        differing = {k for k in ours if ours[k] != ref[k]}
-        assert differing <= constants, f"{name}/{config}.json differs from acdc in {sorted(differing - constants)}"
-    spec = get_spec(name)
-    train = read_json(config_file(name, "train"))
-    assert train["class_names"] == list(spec.class_names) and train["num_classes"] == spec.num_classes
-    assert train["label_raw_values"] == list(spec.raw_label_values)
-    assert train["spacing_mm"] == spec.spacing_mm and [train["crop_size"]] * 2 == list(spec.crop_size)
-    assert train["bundle_root"] == f"bundles/{name}"
 
 
 @pytest.mark.parametrize("spelling", ["false", "true"])

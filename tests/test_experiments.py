@@ -118,8 +118,9 @@ def test_method_override_parses_after_train_json(bundle, method):
     handlers = parser["train#handlers"]
     savers = [h for h in handlers if h["_target_"].endswith("RoundModelSaver")]
     assert len(savers) == (1 if method in ("self_training", "plc_inter", "plc_intra", "joint_pl_in_seg") else 0)
-    # the round saver is appended: the bundle's own handlers keep their positions
-    assert handlers[1]["_target_"].endswith("PseudoLabelRefresh")
+    # the refresh handler has its own id, referenced from the list (method files address it by that id)
+    assert [h["_target_"].replace("::", "#") for h in handlers].count("@train#pseudo_label_refresh") == 1
+    assert parser["train#pseudo_label_refresh#_target_"].endswith("PseudoLabelRefresh")
     assert parser["scheme"] == method
 
 

@@ -21,9 +21,10 @@ import torch
 from ignite.engine import Events
 from monai.losses import DiceLoss
 
-from plc_monai.config_checks import MATCHING_CHOICES, ConfigValueError, check_training_config, write_run_info
+from plc_monai.cli import prepare
+from plc_monai.config_checks import ConfigValueError, check_training_config
 from plc_monai.data.phantom import write_phantom_dataset
-from plc_monai.data.preprocessing import AtomicPersistentDataset, prepare
+from plc_monai.data.preprocessing import AtomicPersistentDataset
 from plc_monai.data.readers import VolumeValidationError, validate_entry
 from plc_monai.data.slice_pool import SlicePool
 from plc_monai.data.specs import ACDC
@@ -33,6 +34,7 @@ from plc_monai.losses import PixelContrastiveLoss
 from plc_monai.monitoring import DegenerateBatchMonitor
 from plc_monai.networks import ContrastiveHeadUNet
 from plc_monai.pseudo_labels import PseudoLabelStore
+from plc_monai.run_record import write_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -139,18 +141,25 @@ def test_bundle_rejects_bad_data_before_training(tmp_path, phantom_acdc, make_ca
 @pytest.mark.parametrize(
     "override, expected",
     [
-        (["--matching", "cross"], "'matching' = 'cross': unknown matching scheme; expected one of ['intra', 'inter']"),
-        (["--split", "paper", "--combo", "c9"], "'combo' = 'c9': not a combination of acdc tr1"),
+        # the constructors of the network and the loss, built first in `initialize`
+        (["--matching", "cross"], ["matching must be one of", "got 'cross'"]),
+        (["--num_samples", "0"], ["num_samples must be None or an int >= 1, got 0"]),
+        (["--temperature", "0.0"], ["temperature must be a number > 0, got 0.0"]),
+        (["--channels", "[4]"], ["channels needs at least 2 levels"]),
+        # the checks across ids (ConfigValueError), all problems in one message
+        (["--split", "paper", "--combo", "c9"], ["ConfigValueError", "'combo' = 'c9': not a combination of acdc tr1"]),
         (
-            ["--crop_size", "30", "--num_samples", "0", "--temperature", "0.0"],
+            ["--crop_size", "30", "--labeled_per_batch", "5", "--resume", "false"],
             [
+                "ConfigValueError",
+                "3 invalid training config value(s)",
                 "'crop_size' = 30: must be divisible by 4",
-                "'num_samples' = 0: expected an integer >= 1",
-                "'temperature' = 0.0: expected a finite number > 0",
+                "'labeled_per_batch' = 5: expected an integer in [1, batch_size = 4]",
+                "'resume' = 'false': expected True or False",
             ],
         ),
     ],
-    ids=["matching", "combo", "crop_size+num_samples+temperature"],
+    ids=["matching", "num_samples", "temperature", "channels", "combo", "crop_size+labeled_per_batch+resume"],
 )
 def test_bundle_rejects_bad_config_at_initialize(tmp_path, override, expected):
     # the dataset folder does not exist: a failure at `initialize` must come before the data is read
@@ -158,8 +167,7 @@ def test_bundle_rejects_bad_config_at_initialize(tmp_path, override, expected):
     result = run_bundle(tmp_path / "data_not_read", out, *override)
     log = result.stdout + result.stderr
     assert result.returncode != 0, log[-3000:]
-    assert "ConfigValueError" in log, log[-3000:]
-    for text in [expected] if isinstance(expected, str) else expected:
+    for text in expected:
         assert text in log, f"{text!r} not in the output:\n{log[-3000:]}"
     assert "does not exist" not in log  # the dataset folder was never looked at
     assert not out.exists()  # nothing written, not even run_info.json
@@ -169,28 +177,40 @@ def test_bundle_rejects_bad_config_at_initialize(tmp_path, override, expected):
 # config checks at function level
 # ------------------------------------------------------------------------------------------------
 
+NETWORK = ContrastiveHeadUNet(num_classes=4, channels=(16, 32, 64, 128, 128, 128))  # divisor 32
+INTER, INTRA = PixelContrastiveLoss(4, matching="inter"), PixelContrastiveLoss(4, matching="intra")
 GOOD = dict(
-    crop_size=192, channels=[16, 32, 64, 128, 128, 128], num_samples=3, temperature=0.1, matching="inter",
-    lambda_cont=0.1, warmup_iterations=5000, num_rounds=3, pseudo_label_interval=5000, val_interval=50,
-    batch_size=20, labeled_per_batch=10, setting="tr1", combo="c1", split="paper", dataset="acdc",
+    network=NETWORK, crop_size=192, contrastive_loss=INTER, lambda_cont=0.1, warmup_iterations=5000, num_rounds=3,
+    pseudo_label_interval=5000, val_interval=50, batch_size=20, labeled_per_batch=10, dataset="acdc",
+    split="paper", setting="tr1", combo="c1",
 )
 
 
 @pytest.mark.parametrize("bundle", ["acdc", "prostate", "mmwhs"])
-def test_bundle_defaults_pass_the_checks(bundle):
+def test_bundle_initialize_builds_network_and_loss_before_the_checks(bundle, tmp_path):
+    from monai.bundle import ConfigParser
+
     config = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())
-    args = {k: config[k] for k in GOOD if k != "dataset"}
-    check_training_config(**args, dataset=config["dataset_name"])
-    # the initialize list calls the check with every argument by reference
-    call = next(c for c in config["initialize"] if isinstance(c, dict) and c["_target_"].endswith("check_training_config"))
-    switches = call.pop("switches")
-    assert call == {"_target_": call["_target_"], **{k: f"@{k}" for k in args}, "dataset": "@dataset_name"}
-    # every on/off id is checked to be a real boolean
+    steps = config["initialize"]
+    assert steps[1:3] == ["@network_def", "@contrastive_loss"]
+    targets = [s["_target_"] for s in steps if isinstance(s, dict)]
+    assert targets == ["plc_monai.config_checks.check_training_config", "plc_monai.run_record.write_run_info"]
+    check = steps[3]
+    # only cross-id values: what the network's and the loss's constructors check is not passed again
+    assert check["network"] == "@network_def" and check["contrastive_loss"] == "@contrastive_loss"
+    assert not {"channels", "num_samples", "temperature", "matching"} & set(check)
+    switches = check["switches"]
     assert switches == {k: f"@{k}" for k in switches}
     assert {"n4", "resume", "amp", "save_pseudo_labels"} <= set(switches)
-    check_training_config(**args, dataset=config["dataset_name"], switches={"n4": True, "resume": False})
-    with pytest.raises(ValueError, match="'n4' = 'false': expected True or False"):
-        check_training_config(**args, dataset=config["dataset_name"], switches={"n4": "false"})
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    parser["output_dir"] = str(tmp_path / "run")
+    parser.get_parsed_content("initialize")  # the defaults pass, and the run record is written
+    assert (tmp_path / "run" / "run_info.json").is_file()
+    parser["n4"] = "false"
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("initialize#3", lazy=False)
+    assert "'n4' = 'false': expected True or False" in str(info.value.__cause__ or info.value)
 
 
 @pytest.mark.parametrize(
@@ -198,10 +218,9 @@ def test_bundle_defaults_pass_the_checks(bundle):
     [
         ({"crop_size": 100}, "'crop_size' = 100: must be divisible by 32 = 2**5"),
         ({"crop_size": [192, 100]}, "'crop_size' = [192, 100]"),
-        ({"channels": [16]}, "'channels' = [16]"),
-        ({"num_samples": -2}, "'num_samples' = -2"),
-        ({"temperature": float("nan")}, "'temperature' = nan"),
+        ({"crop_size": "192"}, "'crop_size' = '192': expected a positive integer"),
         ({"lambda_cont": -0.1}, "'lambda_cont' = -0.1"),
+        ({"lambda_cont": float("nan")}, "'lambda_cont' = nan"),
         ({"warmup_iterations": -1}, "'warmup_iterations' = -1"),
         ({"pseudo_label_interval": 0}, "'pseudo_label_interval' = 0"),
         ({"val_interval": 0}, "'val_interval' = 0"),
@@ -213,6 +232,7 @@ def test_bundle_defaults_pass_the_checks(bundle):
         ({"split": "paper", "dataset": "folder"}, "the paper's splits exist for"),
         ({"split": "nonsense"}, "'split' = 'nonsense'"),
         ({"dataset": "brats"}, "'dataset_name' = 'brats'"),
+        ({"switches": {"resume": "False"}}, "'resume' = 'False': expected True or False"),
     ],
 )
 def test_check_training_config_names_id_value_and_expectation(changes, expected):
@@ -223,13 +243,16 @@ def test_check_training_config_names_id_value_and_expectation(changes, expected)
 
 
 def test_check_training_config_lists_all_problems_and_split_files(tmp_path, caplog):
+    check_training_config(**GOOD, switches={"n4": True, "resume": False})
     with pytest.raises(ConfigValueError, match="3 invalid") as err:
-        check_training_config(**{**GOOD, "temperature": 0, "matching": "both", "num_samples": 0})
-    for config_id in ("temperature", "matching", "num_samples"):
+        check_training_config(**{**GOOD, "crop_size": 100, "val_interval": 0, "combo": "c9"})
+    for config_id in ("crop_size", "val_interval", "combo"):
         assert f"'{config_id}'" in str(err.value)
-    # an odd batch is fine for intra-image matching or without the contrastive loss
-    check_training_config(**{**GOOD, "batch_size": 21, "matching": "intra"})
+    # an odd batch is fine for intra-image matching, without the contrastive loss or without a joint phase
+    check_training_config(**{**GOOD, "batch_size": 21, "contrastive_loss": INTRA})
     check_training_config(**{**GOOD, "batch_size": 21, "lambda_cont": 0.0})
+    check_training_config(**{**GOOD, "batch_size": 21, "num_rounds": 0})
+    check_training_config(**{**GOOD, "batch_size": 21, "contrastive_loss": None})
     # split files: a missing or malformed file is named
     with pytest.raises(ConfigValueError, match="does not exist"):
         check_training_config(**{**GOOD, "split": str(tmp_path / "nope.json")})
@@ -246,19 +269,17 @@ def test_check_training_config_lists_all_problems_and_split_files(tmp_path, capl
     assert "runs 21000 iterations" in caplog.text
 
 
-def test_checks_agree_with_the_loss_and_the_network():
-    for matching in MATCHING_CHOICES:
-        PixelContrastiveLoss(4, matching=matching)
-    with pytest.raises(ValueError):
-        PixelContrastiveLoss(4, matching="cross")
+def test_crop_check_uses_the_networks_own_divisor():
     net = ContrastiveHeadUNet(num_classes=2, channels=(4, 8, 8), embedding_dim=4).eval()
-    args = {**GOOD, "channels": [4, 8, 8]}
+    args = {**GOOD, "network": net}
     check_training_config(**{**args, "crop_size": 32})
     assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
-    with pytest.raises(ConfigValueError):
+    with pytest.raises(ConfigValueError, match=r"'crop_size' = 30: must be divisible by 4 = 2\*\*2"):
         check_training_config(**{**args, "crop_size": 30})
     with pytest.raises(ValueError, match="not divisible by 4"):  # what the check reports before data loading
         net(torch.zeros(1, 1, 30, 30))
+    # a network without a stated divisor is not compared (its own forward decides)
+    check_training_config(**{**args, "network": torch.nn.Identity(), "crop_size": 30})
 
 
 def test_write_run_info(tmp_path, monkeypatch):
@@ -315,13 +336,21 @@ def test_split_file_id_missing_from_the_folder_is_named(tmp_path, phantom_acdc):
 
 
 def test_prepare_stops_before_caching_when_a_file_is_truncated(tmp_path, phantom_acdc):
+    """``python -m plc_monai prepare`` reads the folder through the bundle's ``data`` (validating every
+    volume) before it caches anything: a truncated file stops it, named, with an empty cache."""
     folder = copy_tree(phantom_acdc, tmp_path / "training")
     bad = sorted(folder.glob("patient004/*_gt.nii.gz"))[0]  # the ED frame, the one the reader uses
     bad.write_bytes(bad.read_bytes()[:100])
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match="truncated") as err:
-        prepare("acdc", folder, cache, n4=False, spacing_mm=3.0, crop_size=32)
-    assert str(bad) in str(err.value)
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the reader's error in "Failed to instantiate"
+        prepare("acdc", str(folder), str(cache), n4=False, spacing_mm=3.0, crop_size=32, split="random",
+                output_dir=str(tmp_path / "run"))
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(error)
+        error = error.__cause__
+    messages = [str(e) for e in causes if isinstance(e, ValueError)]
+    assert any("truncated" in m and str(bad) in m for m in messages), [str(e) for e in causes]
     assert not cache.exists() or list(cache.iterdir()) == []
 
 

@@ -1,7 +1,10 @@
-"""Tests of the deterministic preprocessing (plc_monai.data.transforms / preprocessing)."""
+"""Tests of the deterministic preprocessing: the transforms of plc_monai.data.transforms and the chain the
+bundles run (``train#preprocessing`` / ``inference.json``'s ``preprocessing``, parsed from the bundle), with
+its cache (plc_monai.data.preprocessing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,25 +15,59 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, LoadImaged
+from monai.bundle import ConfigParser
+from monai.data import Dataset, MetaTensor
+from monai.transforms import Compose, Invertd, LoadImaged, ResizeWithPadOrCropd
 
 from plc_monai.data import transforms as T
+from plc_monai.data.preprocessing import AtomicPersistentDataset, hash_transforms
 from plc_monai.data.slice_pool import build_slice_pool
-from plc_monai.data.preprocessing import (
-    hash_transforms,
-    load_preprocessed,
-    preprocessing_transforms,
-)
 from plc_monai.data.specs import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
 REAL = REPO / ".." / "shared" / "data" / "real_small"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _bundle(dataset: str = "acdc", config: str = "train", n4: bool = False, **values) -> ConfigParser:
+    """The bundle's config with ``n4`` and other ids (``spacing_mm``, ``crop_size`` ...) overridden."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / dataset / "configs" / f"{config}.json"))
+    for key, value in {"n4": n4, **values}.items():
+        parser[key] = value
+    return parser
+
+
+def bundle_chain(dataset: str = "acdc", config: str = "train", n4: bool = False, **values) -> Compose:
+    """A fresh instance of the chain the bundle runs: ``train#preprocessing`` (image + label) or, for
+    ``config="inference"``, the image-only ``preprocessing`` of ``inference.json``."""
+    key = "train#preprocessing" if config == "train" else "preprocessing"
+    return _bundle(dataset, config, n4, **values).get_parsed_content(key, lazy=False)
+
+
+def preprocess(entries: list[dict], chain: Compose) -> list[dict]:
+    """Run ``chain`` over ``entries`` without a cache."""
+    ds = Dataset([dict(e) for e in entries], transform=chain)
+    return [ds[i] for i in range(len(ds))]
+
+
+def cached_dataset(entries: list[dict], cache_dir: Path, dataset: str = "acdc", n4: bool = False, **values):
+    """The bundle's own ``train#dataset`` (an ``AtomicPersistentDataset`` of its chain) over ``entries``."""
+    parser = _bundle(dataset, "train", n4, cache_dir=str(cache_dir), **values)
+    parser["train#dataset#data"] = [dict(e) for e in entries]
+    ds = parser.get_parsed_content("train#dataset", lazy=False)
+    assert isinstance(ds, AtomicPersistentDataset)
+    return ds
+
+
+def position(chain: Compose, transform_type: type) -> int:
+    """Index of the first transform of ``transform_type`` in ``chain``."""
+    return next(i for i, t in enumerate(chain.transforms) if isinstance(t, transform_type))
 
 
 def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> str:
@@ -81,15 +118,16 @@ def _dice(a: np.ndarray, b: np.ndarray, c: int) -> float:
     return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def _invert_and_compare(entry: dict, dataset: str, spacing=None, crop=None, min_dice=0.95):
-    """Preprocess ``entry``, invert a one-hot 'prediction' of the label and the label itself, compare."""
+def _invert_and_compare(entry: dict, dataset: str, min_dice=0.95, **values):
+    """Preprocess ``entry`` with the bundle's chain, invert a one-hot 'prediction' of the label and the label
+    itself, compare."""
     spec = get_spec(dataset)
-    xforms = preprocessing_transforms(dataset, n4=False, spacing_mm=spacing, crop_size=crop)
-    out = load_preprocessed([entry], xforms)[0]
+    chain = bundle_chain(dataset, **values)
+    out = preprocess([entry], chain)[0]
     onehot = torch.nn.functional.one_hot(out["label"][0].long(), spec.num_classes).permute(3, 0, 1, 2).float()
     out["pred"] = MetaTensor(onehot, meta=dict(out["image"].meta))  # meta carries the affine
     inv = Invertd(
-        keys=["pred", "label"], transform=Compose(xforms), orig_keys=["image", "label"], nearest_interp=[False, True]
+        keys=["pred", "label"], transform=chain, orig_keys=["image", "label"], nearest_interp=[False, True]
     )(out)
     ref = nib.load(entry["label"])
     ref_lab = np.asarray(ref.dataobj)
@@ -242,41 +280,56 @@ def test_n4_handles_zeros_and_negative_values(itk_loaded):
 # ----------------------------------------------------------------------------- geometry
 
 
+def test_bundles_define_the_chain_once():
+    """Validation and evaluation reuse ``train#preprocessing``; inference runs its image-only form."""
+    for name in ("acdc", "prostate", "mmwhs"):
+        train = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
+        assert train["validate"]["preprocessing"] == "%train#preprocessing"
+        assert train["train"]["dataset"]["transform"] == "@train#preprocessing"
+        assert train["validate"]["dataset"]["transform"] == "@validate#preprocessing"
+        assert train["train"]["unlabeled_dataset"]["transform"] == "@train#preprocessing"
+        train_types = [type(t).__name__ for t in bundle_chain(name).transforms]
+        infer_types = [type(t).__name__ for t in bundle_chain(name, "inference").transforms]
+        label_only = {"MapLabelValuesd", "CopyItemsd"}
+        assert infer_types == [t for t in train_types if t not in label_only], (train_types, infer_types)
+
+
 @pytest.mark.parametrize("perm", [None, (2, 0, 1), (0, 2, 1)])
 def test_resampling_keeps_slices_and_gives_expected_size(tmp_path, perm):
     entry = _case(tmp_path, "geo", shape=(64, 60, 5), zooms=(1.0, 1.0, 8.0), perm=perm)
     r = 1.367
-    xforms = preprocessing_transforms("acdc", n4=False, spacing_mm=r)
-    before_crop = load_preprocessed([entry], xforms[:-1])[0]
+    chain = bundle_chain("acdc", spacing_mm=r)
+    before_crop = preprocess([entry], Compose(chain.transforms[: position(chain, ResizeWithPadOrCropd)]))[0]
     # MONAI Spacing (scale_extent=False) spans first to last voxel centre
     expected = [int(round((n - 1) * 1.0 / r)) + 1 for n in (64, 60)] + [5]
     assert list(before_crop["image"].shape[1:]) == expected
     assert list(before_crop["label"].shape[1:]) == expected
     np.testing.assert_allclose(before_crop["image"].pixdim.numpy()[:3], [r, r, 8.0], rtol=1e-5)
-    for crop in ((48, 40), (128, 100)):  # crop and pad
-        out = load_preprocessed([entry], preprocessing_transforms("acdc", n4=False, spacing_mm=r, crop_size=crop))[0]
-        assert out["image"].shape == (1, *crop, 5) and out["label"].shape == (1, *crop, 5)
+    for crop in (48, 128):  # crop and pad
+        out = preprocess([entry], bundle_chain("acdc", spacing_mm=r, crop_size=crop))[0]
+        assert out["image"].shape == (1, crop, crop, 5) and out["label"].shape == (1, crop, crop, 5)
+        assert out["image"].dtype == torch.float32
+        assert out["native_label"].shape == (1, *nib.load(entry["label"]).shape)  # the label before resampling
 
 
 @pytest.mark.parametrize("perm,rotate", [(None, False), ((2, 0, 1), False), ((0, 2, 1), True), (None, True)])
 def test_invertd_round_trip(tmp_path, perm, rotate):
     entry = _case(tmp_path, "inv", shape=(80, 72, 5), zooms=(1.0, 1.0, 8.0), perm=perm, rotate=rotate)
-    out, _ = _invert_and_compare(entry, "acdc", spacing=1.367, crop=(64, 56))
-    assert out["image"].shape == (1, 64, 56, 5)
+    out, _ = _invert_and_compare(entry, "acdc", spacing_mm=1.367, crop_size=64)
+    assert out["image"].shape == (1, 64, 64, 5)
 
 
 def test_unlabeled_entries_use_the_same_chain(tmp_path):
     entry = _case(tmp_path, "unl")
-    xforms = preprocessing_transforms("acdc", n4=False, crop_size=32)
-    out = load_preprocessed([{"image": entry["image"], "id": "u"}, entry], xforms)
+    out = preprocess([{"image": entry["image"], "id": "u"}, entry], bundle_chain("acdc", crop_size=32))
     assert "label" not in out[0] and out[0]["image"].shape == out[1]["image"].shape == (1, 32, 32, 5)
-    only_image = preprocessing_transforms("acdc", keys=("image",), n4=False, crop_size=32, label=False)
-    inferred = load_preprocessed([{"image": entry["image"]}], only_image)[0]
+    only_image = bundle_chain("acdc", "inference", crop_size=32)
+    inferred = preprocess([{"image": entry["image"]}], only_image)[0]
     torch.testing.assert_close(inferred["image"], out[1]["image"])
     # inference: a prediction on the preprocessed grid maps back with the image-only chain
     onehot = torch.nn.functional.one_hot(out[1]["label"][0].long(), 4).permute(3, 0, 1, 2).float()
     inferred["pred"] = MetaTensor(onehot, meta=dict(inferred["image"].meta))
-    back = Invertd("pred", transform=Compose(only_image), orig_keys="image", nearest_interp=False)(inferred)["pred"]
+    back = Invertd("pred", transform=only_image, orig_keys="image", nearest_interp=False)(inferred)["pred"]
     ref = nib.load(entry["label"])
     assert back.shape == (4, *ref.shape)
     np.testing.assert_allclose(back.affine.numpy(), ref.affine, atol=1e-4)
@@ -285,6 +338,10 @@ def test_unlabeled_entries_use_the_same_chain(tmp_path):
 
 
 # ----------------------------------------------------------------------------- cache
+
+
+def _cache_files(cache: Path) -> set[str]:
+    return set(os.listdir(cache)) if cache.is_dir() else set()
 
 
 def test_cache_reuses_and_invalidates(tmp_path, monkeypatch, itk_loaded):
@@ -298,28 +355,30 @@ def test_cache_reuses_and_invalidates(tmp_path, monkeypatch, itk_loaded):
     monkeypatch.setattr(T, "n4_bias_field_correction", counting_n4)
     entries = [_case(tmp_path, f"c{i}", shape=(40, 40, 4), seed=i) for i in range(2)]
     cache = tmp_path / "cache"
-    first = load_preprocessed(entries, preprocessing_transforms("acdc", crop_size=32), cache_dir=cache)
+    first_ds = cached_dataset(entries, cache, n4=True, crop_size=32)
+    first = [first_ds[i] for i in range(2)]
     assert len(calls) == 2
-    files = set(os.listdir(cache))
+    files = _cache_files(cache)
     assert len(files) == 2 and all(f.endswith(".pt") for f in files)  # no temp files left
-    # a new transform list with equal parameters hits the cache
-    again = load_preprocessed(entries, preprocessing_transforms("acdc", crop_size=32), cache_dir=cache)
+    # a new instance of the bundle's dataset with equal parameters hits the cache
+    again_ds = cached_dataset(entries, cache, n4=True, crop_size=32)
+    again = [again_ds[i] for i in range(2)]
     assert len(calls) == 2
     for a, b in zip(first, again):
-        torch.testing.assert_close(a["image"], b["image"])
-        torch.testing.assert_close(a["label"], b["label"])
+        for key in ("image", "label", "native_label"):
+            torch.testing.assert_close(a[key], b[key])
         torch.testing.assert_close(a["image"].affine, b["image"].affine)
-    # cached items still invert
-    xforms = preprocessing_transforms("acdc", crop_size=32)
-    cached = load_preprocessed(entries[:1], xforms, cache_dir=cache)[0]
-    inv = Invertd("label", transform=Compose(xforms), orig_keys="label")(cached)
+    # cached items still invert, with the chain of the dataset that read them
+    inv = Invertd("label", transform=again_ds.transform, orig_keys="label")(again[0])
     assert inv["label"].shape == (1, 40, 40, 4)
     assert len(calls) == 2
     # a changed parameter recomputes into new files
-    load_preprocessed(entries, preprocessing_transforms("acdc", crop_size=32, n4=False), cache_dir=cache)
-    assert len(calls) == 2 and len(os.listdir(cache)) == 4
-    load_preprocessed(entries, preprocessing_transforms("acdc", crop_size=32, spacing_mm=1.5), cache_dir=cache)
-    assert len(calls) == 4 and len(os.listdir(cache)) == 6
+    off = cached_dataset(entries, cache, n4=False, crop_size=32)
+    [off[i] for i in range(2)]
+    assert len(calls) == 2 and len(_cache_files(cache)) == 4
+    coarse = cached_dataset(entries, cache, n4=True, crop_size=32, spacing_mm=1.5)
+    [coarse[i] for i in range(2)]
+    assert len(calls) == 4 and len(_cache_files(cache)) == 6
 
 
 def test_cache_write_is_atomic(tmp_path, monkeypatch):
@@ -333,39 +392,42 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", failing_save)
     cache = tmp_path / "cache"
     with pytest.raises(OSError, match="disk full"):
-        load_preprocessed([entry], preprocessing_transforms("acdc", n4=False, crop_size=16), cache_dir=cache)
-    assert os.listdir(cache) == []
+        cached_dataset([entry], cache, crop_size=16)[0]
+    assert _cache_files(cache) == set()
     monkeypatch.setattr(torch, "save", real_save)
-    load_preprocessed([entry], preprocessing_transforms("acdc", n4=False, crop_size=16), cache_dir=cache)
-    assert len(os.listdir(cache)) == 1
+    cached_dataset([entry], cache, crop_size=16)[0]
+    assert len(_cache_files(cache)) == 1
 
 
 def test_transform_hash_ignores_run_time_state(tmp_path):
     entry = _case(tmp_path, "state", shape=(24, 24, 3))
-    xforms = preprocessing_transforms("acdc", n4=False, crop_size=16)
-    before = hash_transforms(xforms)
-    Compose(xforms)(dict(entry))  # readers remember file names, transforms create thread-locals
-    assert hash_transforms(xforms) == before
+    chain = bundle_chain("acdc", crop_size=16)
+    before = hash_transforms(chain.transforms)
+    chain(dict(entry))  # readers remember file names, transforms create thread-locals
+    assert hash_transforms(chain.transforms) == before
+    assert hash_transforms(bundle_chain("acdc", crop_size=16).transforms) == before  # a fresh instance
     for changed in (
-        preprocessing_transforms("acdc", n4=True, crop_size=16),
-        preprocessing_transforms("acdc", n4=False, crop_size=20),
-        preprocessing_transforms("acdc", n4=False, crop_size=16, spacing_mm=1.0),
-        preprocessing_transforms("prostate", n4=False, crop_size=16, spacing_mm=1.367),
+        bundle_chain("acdc", n4=True, crop_size=16),
+        bundle_chain("acdc", crop_size=20),
+        bundle_chain("acdc", crop_size=16, spacing_mm=1.0),
+        bundle_chain("prostate", crop_size=16, spacing_mm=1.367),  # other label values
     ):
-        assert hash_transforms(changed) != before
+        assert hash_transforms(changed.transforms) != before
 
 
 def test_transform_hash_is_stable_across_processes():
     code = (
-        "from monai.transforms import Compose;"
-        "from plc_monai.data.preprocessing import preprocessing_transforms, hash_transforms;"
-        "print(hash_transforms(Compose(preprocessing_transforms('acdc')).flatten().transforms).decode())"
+        "import sys; from monai.bundle import ConfigParser;"
+        "from plc_monai.data.preprocessing import hash_transforms;"
+        "p = ConfigParser(); p.read_config(sys.argv[1]);"
+        "print(hash_transforms(p.get_parsed_content('train#preprocessing').flatten().transforms).decode())"
     )
+    train = str(BUNDLES / "acdc" / "configs" / "train.json")
     env = dict(os.environ, PYTHONHASHSEED="123", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
-    here = hash_transforms(Compose(preprocessing_transforms("acdc")).flatten().transforms).decode()
+    res = subprocess.run([sys.executable, "-c", code, train], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    here = hash_transforms(bundle_chain("acdc", n4=True).flatten().transforms).decode()
     assert res.stdout.strip().splitlines()[-1] == here
-    other = hash_transforms(Compose(preprocessing_transforms("acdc", spacing_mm=1.5)).flatten().transforms).decode()
+    other = hash_transforms(bundle_chain("acdc", n4=True, spacing_mm=1.5).flatten().transforms).decode()
     assert other != here
 
 
@@ -413,7 +475,7 @@ def test_real_acdc_round_trip(patient):
         "label": str(folder / f"{patient}_frame01_gt.nii.gz"),
         "id": patient,
     }
-    out, dices = _invert_and_compare(entry, "acdc")
+    out, dices = _invert_and_compare(entry, "acdc")  # the bundle's defaults: 1.367 mm, 192 x 192
     assert out["image"].shape == (1, 192, 192, 10) and out["label"].shape == (1, 192, 192, 10)
     assert set(dices) == {1, 2, 3}
 
@@ -455,26 +517,41 @@ def test_real_prostate_single_channel():
 def test_real_n4_on_acdc_volume(itk_loaded):
     folder = _require(REAL / "acdc_layout" / "training" / "patient001")
     entry = {"image": str(folder / "patient001_frame01.nii.gz")}
-    xforms = preprocessing_transforms("acdc", keys=("image",), label=False, n4=True)
-    load = Compose(xforms[:4])(entry)  # load, channel first, channel select, slice axis last
+    chain = bundle_chain("acdc", "inference", n4=True)
+    n4 = position(chain, T.N4BiasFieldCorrectiond)
+    load = Compose(chain.transforms[:n4])(entry)  # load, channel first, channel select, slice axis last
     t0 = time.perf_counter()
-    out = xforms[4](dict(load))["image"]
+    out = chain.transforms[n4](dict(load))["image"]
     elapsed = time.perf_counter() - t0
     assert out.shape == load["image"].shape and torch.isfinite(out).all()
     assert not torch.allclose(out, load["image"])
     assert elapsed < 10.0, f"N4 on a {tuple(out.shape)} ACDC volume took {elapsed:.1f} s"
 
 
-def test_prepare_fills_the_cache_once(tmp_path, capsys):
-    root = _require(REAL / "acdc_layout")
-    from plc_monai.data.preprocessing import prepare
+def test_prepare_fills_the_bundles_cache_once(tmp_path, capsys):
+    """``python -m plc_monai prepare`` writes exactly the files the bundle's datasets read."""
+    root = _require(REAL / "acdc_layout" / "training")
+    from plc_monai.cli import prepare
 
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"labeled": ["001"], "validation": ["021"], "unlabeled": [], "test": []}))
     cache = tmp_path / "cache"
-    summary = prepare("acdc", root, cache, n4=False)
-    assert summary["volumes"] == 2 and len(os.listdir(cache)) == 2
+    args = dict(dataset_dir=str(root), cache_dir=str(cache), n4=False, split=str(split), output_dir=str(tmp_path / "run"))
+    prepare("acdc", **args)
+    assert len(_cache_files(cache)) == 2
     first = capsys.readouterr().out
-    assert "(1, 192, 192, 10)" in first and "[2/2]" in first
-    prepare("acdc", root, cache, n4=False)
-    assert len(os.listdir(cache)) == 2
-    with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        prepare("acdc", tmp_path / "no_such_dir", cache)
+    assert "[1/2] 001" in first and "[2/2] 021" in first and "2 volumes cached" in first
+    prepare("acdc", **args)
+    assert len(_cache_files(cache)) == 2
+    # the bundle's dataset over the same entry only reads the cache: no new file, same arrays
+    parser = _bundle("acdc", cache_dir=str(cache), dataset_dir=str(root), split=str(split), output_dir=str(tmp_path / "run"))
+    labeled = parser.get_parsed_content("train#dataset")
+    assert labeled[0]["image"].shape == (1, 192, 192, 10)
+    assert len(_cache_files(cache)) == 2
+    with pytest.raises(RuntimeError) as info:  # MONAI's "Failed to instantiate" around the reader's error
+        prepare("acdc", **{**args, "dataset_dir": str(tmp_path / "no_such_dir")})
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__
+    assert any("no_such_dir" in c and "does not exist" in c for c in causes), causes

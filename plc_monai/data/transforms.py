@@ -14,7 +14,7 @@ that MONAI lacks or that behave differently from what the paper needs:
 * :class:`PercentileNormalized` is the authors' ``(x - p1) / (p99 - p1)`` without clipping.
 
 Resampling and cropping use MONAI's ``Spacingd`` and ``ResizeWithPadOrCropd``; the chain is
-assembled in :mod:`plc_monai.data.preprocessing`.
+assembled once, as config: ``train#preprocessing`` of each bundle (see :mod:`plc_monai.data.preprocessing`).
 
 ``itk`` is imported lazily inside :func:`n4_bias_field_correction`, so importing this module
 stays cheap.
