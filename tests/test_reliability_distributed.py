@@ -94,7 +94,8 @@ def test_torchrun_bundle_two_processes_rank0_writes_and_logs(tmp_path):
     assert progress.findall(rank_logs[1]) == [] and "pseudo-label refresh" not in rank_logs[1]
     # one writer: a single checkpoint, model and TensorBoard file, no leftover temporary files
     models = sorted(p.name for p in (out / "models").iterdir())
-    assert models == ["checkpoint.pt", "model.pt"]  # no validation in the 2 warm-up iterations: no model_warmup.pt
+    # no validation in the 2 warm-up iterations: no model_warmup.pt; best_models.json says where model.pt came from
+    assert models == ["best_models.json", "checkpoint.pt", "model.pt"]
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     checkpoint = torch.load(out / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert int(checkpoint["trainer"]["iteration"]) == 4
