@@ -987,8 +987,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
     # ---- the loss alone against its loop transcription (benchmarks/loss_speed.py)
     loss_args = argparse.Namespace(batch=batch, dim=embedding_dim, size=spatial, classes=num_classes,
                                    num_samples=int(bundle.value("num_samples")), seed=args.seed,
-                                   repeats=args.loss_repeats, warmup=2, loop_repeats=args.loop_repeats,
-                                   native_kernels="on")  # the trainer's loss uses them where they load
+                                   repeats=args.loss_repeats, warmup=2, loop_repeats=args.loop_repeats)
     with _Section(device, memory, "loss"):
         results["loss"] = loss_speed.run_case(loss_args, device, str(bundle.value("matching")))
 

@@ -6,7 +6,6 @@ Commands:
     prepare     preprocess a dataset folder into the on-disk cache (N4, normalisation, resampling)
     demo        phantom ACDC data, a short CPU training through the ACDC bundle, a Dice table
     experiment  the paper's comparisons: every (method, combo) trained, evaluated, tabulated with figures
-    kernels     build the loss's optional native CPU kernels and say whether they load
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ def main() -> None:
             "prepare": cli.prepare,
             "demo": cli.demo,
             "experiment": experiment,
-            "kernels": cli.kernels,
         },
         name="plc_monai",
     )

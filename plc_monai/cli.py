@@ -12,7 +12,7 @@ from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
 
-__all__ = ["check_data", "prepare", "demo", "kernels", "bundle_dir", "format_comparison", "DEMO_OVERRIDES"]
+__all__ = ["check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES"]
 
 # A schedule and network size that train the ACDC bundle on 2 CPU cores in about 2 minutes (the paper's
 # 3 pseudo-label rounds, 1250 iterations at half resolution and batch 8). Every other
@@ -100,21 +100,6 @@ def prepare(bundle: str = "acdc", dataset_dir: str | None = None, cache_dir: str
         dataset[i]
         print(f"[{i + 1}/{len(entries)}] {entry['id']}: {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"{len(entries)} volumes cached in {cache} ({time.perf_counter() - start:.0f} s)")
-
-
-def kernels() -> dict[str, Any]:
-    """Build the loss's native CPU kernels if needed and say whether they load (and, if not, why).
-
-    Building takes under a second with the system C compiler; the library is cached (see
-    ``plc_monai.native.loader``), so running this once on a cluster's login node spares each job the
-    build. Without the kernels the loss uses its PyTorch path, which gives the same results.
-
-    Returns:
-        ``{"available": bool, "reason": str}``.
-    """
-    from plc_monai.native import class_kernels_status
-
-    return class_kernels_status()
 
 
 def _bundle_command(config_files: list[Path], run_id: str, overrides: dict[str, Any]) -> list[str]:

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from plc_monai.native import MAX_CLASSES, block_counts, class_fill, class_sums, load_class_kernels
 
 __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 
@@ -40,13 +39,9 @@ class AnchorSample(NamedTuple):
 class _ClassSumsAndAnchors(torch.autograd.Function):
     """Per-class feature sums and anchor features from one ``[B, D, N]`` tensor, with a single-buffer backward.
 
-    Forward: ``sums[b, :, k] = sum_{n: class(b, n) = k-th candidate} feats[b, :, n]`` and
-    ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``. Two implementations of the sums:
-
-    - PyTorch (``onehot`` given, ``[B, K, N]`` candidate-class masks): a batched GEMM.
-    - native (``onehot`` None; ``labels [B, N]`` float32 class ids, ``class_ids [K]`` float32,
-      ``num_classes``): the kernels of :mod:`plc_monai.native`, float32 on a CPU only. At the paper's
-      size they take about half the GEMM's time forward and 40 % of it backward (docs/loss.md).
+    Forward: ``sums[b, :, k] = sum_{n: class(b, n) = k-th candidate} feats[b, :, n]`` (a batched GEMM
+    with the ``[B, K, N]`` candidate-class masks ``onehot``) and
+    ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``.
 
     Backward writes both gradients into one ``[B, D, N]`` buffer (the class-sum gradient broadcast
     to the pixels of each class, then an in-place scatter-add of the anchor gradient). Plain
@@ -55,30 +50,20 @@ class _ClassSumsAndAnchors(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feats, onehot, labels, class_ids, num_classes, src, pixels):  # type: ignore[override]
-        if onehot is None:
-            sums = class_sums(feats, labels, class_ids).to(feats.dtype)  # [B, D, K]
-        else:
-            # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
-            sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
+    def forward(ctx, feats, onehot, src, pixels):  # type: ignore[override]
+        # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
+        sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
         anchors = feats[src[:, None], :, pixels]  # [R, A, D]
-        ctx.num_classes = num_classes
-        ctx.save_for_backward(onehot, labels, class_ids, src, pixels)
+        ctx.save_for_backward(onehot, src, pixels)
         return sums, anchors
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sums, grad_anchors):  # type: ignore[override]
-        onehot, labels, class_ids, src, pixels = ctx.saved_tensors
-        if onehot is None:
-            batch, dim = grad_sums.shape[:2]
-            table = grad_sums.new_zeros((batch, dim, ctx.num_classes))  # non-candidate classes get 0
-            table[:, :, class_ids.long()] = grad_sums
-            grad = class_fill(table, labels)  # [B, D, N]
-        else:
-            grad = torch.bmm(grad_sums.contiguous(), onehot)  # [B, D, N]
+        onehot, src, pixels = ctx.saved_tensors
+        grad = torch.bmm(grad_sums.contiguous(), onehot)  # [B, D, N]
         grad.transpose(1, 2).index_put_((src[:, None].expand_as(pixels), pixels), grad_anchors, accumulate=True)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None
 
 
 class PixelContrastiveLoss(_Loss):
@@ -163,7 +148,6 @@ class PixelContrastiveLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
         check_inputs: bool = True,
-        native_cpu_kernels: bool = True,
     ) -> None:
         """
         Args:
@@ -186,12 +170,6 @@ class PixelContrastiveLoss(_Loss):
                 a training loop that already feeds valid labels may turn them off on the GPU. Shape
                 checks always run (they cost nothing). With the checks off, labels outside
                 ``[0, num_classes)`` give undefined (but memory-safe) results.
-            native_cpu_kernels: for float32 features on a CPU with at most 8 classes, compute the
-                class sums and their gradient with the native kernels of :mod:`plc_monai.native`
-                (built on first use with the system C compiler; x86-64 with AVX2). The PyTorch path
-                is used where they cannot be had (``plc_monai.native.class_kernels_status()`` says
-                why) and always with False. Both paths draw the same anchors and agree to float32
-                rounding.
 
         Raises:
             ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
@@ -225,7 +203,6 @@ class PixelContrastiveLoss(_Loss):
         self.include_background = bool(include_background)
         self.generator = generator
         self.check_inputs = bool(check_inputs)
-        self.native_cpu_kernels = bool(native_cpu_kernels)
 
     @property
     def candidate_classes(self) -> list[int]:
@@ -317,16 +294,6 @@ class PixelContrastiveLoss(_Loss):
         labels[:, :n_pixels] = ids
         return labels, block
 
-    def _use_native(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether this call takes the native CPU kernels (see ``native_cpu_kernels``)."""
-        return (
-            self.native_cpu_kernels
-            and device.type == "cpu"
-            and dtype == torch.float32
-            and self.num_classes <= MAX_CLASSES
-            and load_class_kernels() is not None
-        )
-
     def _class_onehot(
         self, labels: torch.Tensor, cand: torch.Tensor, block: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,12 +316,6 @@ class PixelContrastiveLoss(_Loss):
         # float sums of at most _BLOCK ones are exact
         counts = onehot.view(batch, cand.shape[0], n_pad // block, block).sum(dim=-1).long()
         return onehot, counts
-
-    def _block_counts(self, labels: torch.Tensor, cand: torch.Tensor, block: int, native: bool) -> torch.Tensor:
-        """``[B, K, N_pad / block]`` pixels of each candidate class per block; the one-hot is not kept."""
-        if native:
-            return block_counts(labels, cand, block)
-        return self._class_onehot(labels, cand, block)[1]
 
     def _rows(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Anchor roles ``[R, 2]``: (anchor image, partner image or -1); see :class:`AnchorSample`."""
@@ -406,7 +367,7 @@ class PixelContrastiveLoss(_Loss):
         holds it (``searchsorted`` over cumulative block counts, ``[R, K, nb]``), then the position
         inside that block (a running count over the ``_BLOCK`` pixels of that block only). A single
         running count over all ``B * K * N`` mask values was the most expensive part of the loss on
-        a CPU. Only block counts and labels enter, so the PyTorch and native paths draw the same pixels.
+        a CPU.
         """
         src = rows[:, 0]
         n_rows, n_cand = src.shape[0], per_block.shape[1]
@@ -461,7 +422,7 @@ class PixelContrastiveLoss(_Loss):
         ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
         labels_f, block = self._padded_labels(ids, torch.float32)
         cand = self._candidate_ids(ids.device).to(torch.float32)
-        counts = self._block_counts(labels_f, cand, block, self._use_native(ids.device, torch.float32))
+        counts = self._class_onehot(labels_f, cand, block)[1]
         rows = self._rows(ids.shape[0], pairs, ids.device)
         pixels, valid = self._draw(labels_f, cand, counts, ids.shape[1], rows,
                                    generator if generator is not None else self.generator)
@@ -518,14 +479,8 @@ class PixelContrastiveLoss(_Loss):
         cand = self._candidate_ids(features.device)
         cand_f = cand.to(compute_dtype)
         n_cand = cand.shape[0]
-        if self._use_native(features.device, compute_dtype):
-            feats = feats.contiguous()
-            labels_f = labels_pad[:, :n_pixels].contiguous()  # [B, N]
-            per_block = self._block_counts(labels_pad, cand_f, block, native=True)  # [B, K, nb]
-            onehot = None
-        else:
-            onehot_pad, per_block = self._class_onehot(labels_pad, cand_f, block)
-            onehot, labels_f = onehot_pad[..., :n_pixels], None  # [B, K, N]
+        onehot_pad, per_block = self._class_onehot(labels_pad, cand_f, block)
+        onehot = onehot_pad[..., :n_pixels]  # [B, K, N]
         counts = per_block.sum(dim=-1).to(compute_dtype)  # [B, K]
         src, partner = rows[:, 0], rows[:, 1]
         if self.num_samples is None:
@@ -536,7 +491,7 @@ class PixelContrastiveLoss(_Loss):
             pixels = pixels3.reshape(rows.shape[0], -1)  # [R, K*S]
         # sums of the candidate classes only: background is never a mean unless it is a candidate
         sums, anchor_feats = _ClassSumsAndAnchors.apply(
-            feats, onehot, labels_f, cand_f, self.num_classes, src, pixels
+            feats, onehot, src, pixels
         )  # [B, D, K], [R, A, D]
         if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
