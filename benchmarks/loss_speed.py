@@ -7,16 +7,17 @@ Usage::
 
     python benchmarks/loss_speed.py --device cpu --repeats 10 --out loss_speed.json
     python benchmarks/loss_speed.py --device all        # CPU, then CUDA when available
-    python benchmarks/loss_speed.py --device cpu --cpu-allocator default
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647 \
+        python benchmarks/loss_speed.py --device cpu      # freed memory kept for reuse (docs/troubleshooting.md)
 
 The loop transcription (``tests/contrastive_reference.py``) takes seconds per call on a small CPU, so it
 runs ``--loop-repeats`` times (default 2); the vectorised loss runs ``--repeats`` times after
 ``--warmup`` calls. Medians are reported; the speed ratio is median(loop) / median(vectorised).
 
-Both run under the same CPU allocator setting. By default (``--cpu-allocator kept``) that is the one
-the trainer uses on a CPU, :func:`plc_monai.cpu_allocator.keep_freed_cpu_memory`; with
-``--cpu-allocator default`` glibc hands every 47 MiB gradient fresh pages, which the kernel zeroes
-on first touch (about 8 ms per call on a 2-core VM, for both implementations).
+Both run under the CPU allocator setting the process was started with. With glibc's defaults every
+47 MiB gradient gets fresh pages, which the kernel zeroes on first touch (about 8 ms per call on a
+2-core VM, for both implementations); ``GLIBC_TUNABLES`` as above keeps freed memory for reuse. The
+JSON records the setting (``cpu_allocator``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ sys.path.insert(0, str(REPO))
 from contrastive_reference import reference_loss  # noqa: E402
 
 from plc_monai.atomic_files import atomic_write_text  # noqa: E402
-from plc_monai.cpu_allocator import cpu_memory_kept, keep_freed_cpu_memory  # noqa: E402
 from plc_monai.losses import PixelContrastiveLoss  # noqa: E402
 
 
@@ -130,6 +130,11 @@ def machine_info(devices: list[torch.device]) -> dict:
     return info
 
 
+def malloc_setting() -> str:
+    """The glibc malloc tunables this process was started with (``GLIBC_TUNABLES``), or ``"glibc defaults"``."""
+    return os.environ.get("GLIBC_TUNABLES") or "glibc defaults"
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (temporary file, then rename)."""
     atomic_write_text(path, json.dumps(payload, indent=2))
@@ -148,11 +153,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=3)
     parser.add_argument("--matching", nargs="+", default=["inter", "intra"], choices=["inter", "intra"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--cpu-allocator", choices=["kept", "default"], default="kept",
-        help="kept: freed CPU memory is reused (plc_monai.cpu_allocator.keep_freed_cpu_memory, what the trainer "
-             "does on CPU); default: glibc's defaults (large tensors get fresh, page-faulting memory every call)",
-    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads for both implementations (default: torch's)"
     )
@@ -175,8 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
         devices = [torch.device(args.device)]
         if devices[0].type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine.")
-    if args.cpu_allocator == "kept":
-        keep_freed_cpu_memory()
     results = [run_case(args, device, m) for device in devices for m in args.matching]
     payload = {
         "problem": {
@@ -186,8 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             "classes": args.classes,
             "num_samples": args.num_samples,
         },
-        # what holds, not what was asked: the setting cannot be undone once made in a process
-        "cpu_allocator": "kept" if cpu_memory_kept() else "default",
+        "cpu_allocator": malloc_setting(),
         "machine": machine_info(devices),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "results": results,

@@ -12,7 +12,7 @@ from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
 
-__all__ = ["check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES"]
+__all__ = ["check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES", "DEMO_MALLOC_TUNABLES"]
 
 # A schedule and network size that train the ACDC bundle on 2 CPU cores in about 2 minutes (the paper's
 # 3 pseudo-label rounds, 1250 iterations at half resolution and batch 8). Every other
@@ -34,6 +34,13 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "channels": [8, 16, 32, 64, 64, 64],
     "n4": False,
 }
+
+# glibc malloc settings for the demo's bundle processes: freed memory stays in the process for the next step
+# instead of going back to the kernel, which would zero fresh pages on every large allocation. The demo's
+# timings in docs/training.md were measured with them. A GLIBC_TUNABLES of the caller's own wins.
+DEMO_MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=536870912"
+)
 
 
 def bundle_dir(dataset: str) -> Path:
@@ -112,12 +119,12 @@ def _bundle_command(config_files: list[Path], run_id: str, overrides: dict[str, 
 
 
 def _run(cmd: list[str], log_file: Path) -> None:
-    """Run a bundle command, streaming its output to the terminal and to ``log_file``."""
+    """Run a bundle command with :data:`DEMO_MALLOC_TUNABLES`, streaming its output to the terminal and to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(cmd[1:]), flush=True)
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={"GLIBC_TUNABLES": DEMO_MALLOC_TUNABLES, **os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -133,7 +140,8 @@ def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **o
     1. writes ``num_subjects`` phantom ACDC subjects (synthetic; the real data needs registration)
        into ``<out>/data``;
     2. runs ``python -m monai.bundle run training --config_file bundles/acdc/configs/train.json`` with a
-       seeded random split (1 labeled volume) and the short CPU schedule :data:`DEMO_OVERRIDES`;
+       seeded random split (1 labeled volume) and the short CPU schedule :data:`DEMO_OVERRIDES`, with
+       glibc's malloc told to keep freed memory (:data:`DEMO_MALLOC_TUNABLES`, unless ``GLIBC_TUNABLES`` is set);
     3. evaluates the best warm-up model (supervised baseline) and the final model on the phantom
        test subjects with ``evaluate.json`` and prints Dice per structure for both.
 
