@@ -18,11 +18,10 @@ import fire
 from fire import helptext, trace
 
 from plc_monai import cli
-from plc_monai.data.phantom import phantom
 from plc_monai.experiments.harness import experiment
 
 COMMANDS: dict[str, Callable[..., Any]] = {
-    "phantom": phantom,
+    "phantom": cli.phantom,
     "check_data": cli.check_data,
     "prepare": cli.prepare,
     "demo": cli.demo,

@@ -12,7 +12,9 @@ from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
 
-__all__ = ["check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES", "DEMO_MALLOC_TUNABLES"]
+__all__ = [
+    "phantom", "check_data", "prepare", "demo", "bundle_dir", "format_comparison", "DEMO_OVERRIDES", "DEMO_MALLOC_TUNABLES",
+]
 
 # A schedule and network size that train the ACDC bundle on 2 CPU cores in about 2 minutes (the paper's
 # 3 pseudo-label rounds, 1250 iterations at half resolution and batch 8). Every other
@@ -56,6 +58,47 @@ def bundle_dir(dataset: str) -> Path:
     raise FileNotFoundError(
         f"cannot find the {dataset} bundle (looked in {[str(c) for c in candidates]}); run from a checkout of plc_monai."
     )
+
+
+def phantom(
+    dataset: str = "acdc",
+    out: str = "phantom_acdc",
+    num_subjects: int = 12,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    num_slices: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Command-line entry: write a SYNTHETIC phantom dataset and print its folder.
+
+    Thin wrapper of :func:`plc_monai.data.phantom.write_phantom_dataset` for ``python -m plc_monai phantom``;
+    it prints the output folder instead of returning it, so ``fire`` prints it once.
+
+    Args:
+        dataset: ``"acdc"``, ``"prostate"`` or ``"mmwhs"``.
+        out: output folder.
+        num_subjects: number of subjects.
+        seed: random seed.
+        image_size: optional in-plane size ``(X, Y)`` for every subject.
+        num_slices: optional number of slices for every subject.
+        overwrite: allow writing into a non-empty folder that is not a phantom of this dataset.
+
+    Raises:
+        ValueError: see :func:`plc_monai.data.phantom.write_phantom_dataset`.
+        FileExistsError: see :func:`plc_monai.data.phantom.write_phantom_dataset`.
+    """
+    from plc_monai.data.phantom import write_phantom_dataset
+
+    folder = write_phantom_dataset(
+        dataset,
+        out,
+        num_subjects=num_subjects,
+        seed=seed,
+        image_size=None if image_size is None else tuple(image_size),
+        num_slices=num_slices,
+        overwrite=overwrite,
+    )
+    print(folder)
 
 
 def check_data(dataset: str, dataset_dir: str, **reader_options: Any) -> None:
