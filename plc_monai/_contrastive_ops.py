@@ -84,8 +84,8 @@ def draw_pixels(
     call of shape ``[R, K, S]``, float64), and the drawn pixel is the one of that rank in row-major order.
     It is located in two steps that never scan the whole image: the block that holds it (``searchsorted``
     over cumulative block counts, ``[R, K, nb]``), then the position inside that block (a running count
-    over the pixels of that block only). A single running count over all ``B * K * N`` mask values was the
-    most expensive part of the loss on a CPU.
+    over the pixels of that block only). A single running count over all ``B * K * N`` mask values would
+    cost more than the rest of the loss on a CPU.
 
     Args:
         labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
