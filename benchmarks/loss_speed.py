@@ -7,21 +7,17 @@ Usage::
 
     python benchmarks/loss_speed.py --device cpu --repeats 10 --out loss_speed.json
     python benchmarks/loss_speed.py --device all        # CPU, then CUDA when available
-    python benchmarks/loss_speed.py --device cpu --cpu-allocator default
-    python benchmarks/loss_speed.py --device cpu --native-kernels off   # the loss's PyTorch path on CPU
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647 \
+        python benchmarks/loss_speed.py --device cpu      # freed memory kept for reuse (docs/troubleshooting.md)
 
 The loop transcription (``tests/contrastive_reference.py``) takes seconds per call on a small CPU, so it
 runs ``--loop-repeats`` times (default 2); the vectorised loss runs ``--repeats`` times after
 ``--warmup`` calls. Medians are reported; the speed ratio is median(loop) / median(vectorised).
 
-Both run under the same CPU allocator setting. By default (``--cpu-allocator kept``) that is the one
-the trainer uses on a CPU, :func:`plc_monai.cpu_allocator.keep_freed_cpu_memory`; with
-``--cpu-allocator default`` glibc hands every 47 MiB gradient fresh pages, which the kernel zeroes
-on first touch (about 8 ms per call on a 2-core VM, for both implementations).
-
-On a CPU the loss computes its class sums with the native kernels of ``plc_monai.native`` where they
-can be built (``--native-kernels on``, the loss's default); ``--native-kernels off`` times its
-PyTorch path. The JSON records which path ran (``native_kernels``).
+Both run under the CPU allocator setting the process was started with. With glibc's defaults every
+47 MiB gradient gets fresh pages, which the kernel zeroes on first touch (about 8 ms per call on a
+2-core VM, for both implementations); ``GLIBC_TUNABLES`` as above keeps freed memory for reuse. The
+JSON records the setting (``cpu_allocator``).
 """
 
 from __future__ import annotations
@@ -45,9 +41,7 @@ sys.path.insert(0, str(REPO))
 from contrastive_reference import reference_loss  # noqa: E402
 
 from plc_monai.atomic_files import atomic_write_text  # noqa: E402
-from plc_monai.cpu_allocator import cpu_memory_kept, keep_freed_cpu_memory  # noqa: E402
 from plc_monai.losses import PixelContrastiveLoss  # noqa: E402
-from plc_monai.native import class_kernels_status  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -82,8 +76,7 @@ def run_case(args: argparse.Namespace, device: torch.device, matching: str) -> d
     features = torch.randn((args.batch, args.dim, args.size, args.size), generator=gen).to(device)
     labels = torch.randint(0, args.classes, (args.batch, 1, args.size, args.size), generator=gen).to(device)
     features.requires_grad_(True)
-    loss = PixelContrastiveLoss(args.classes, matching=matching, num_samples=args.num_samples,
-                                native_cpu_kernels=args.native_kernels == "on")
+    loss = PixelContrastiveLoss(args.classes, matching=matching, num_samples=args.num_samples)
 
     def vectorised() -> None:
         features.grad = None
@@ -102,8 +95,6 @@ def run_case(args: argparse.Namespace, device: torch.device, matching: str) -> d
     result = {
         "device": str(device),
         "matching": matching,
-        # which implementation of the class sums ran (the native kernels serve float32 on a CPU only)
-        "class_sums": "native" if loss._use_native(device, features.dtype) else "pytorch",
         "vectorised_ms_median": 1e3 * statistics.median(vec_all),
         "vectorised_ms_min": 1e3 * min(vec_all),
         "loop_ms_median": 1e3 * statistics.median(ref),
@@ -139,17 +130,14 @@ def machine_info(devices: list[torch.device]) -> dict:
     return info
 
 
+def malloc_setting() -> str:
+    """The glibc malloc tunables this process was started with (``GLIBC_TUNABLES``), or ``"glibc defaults"``."""
+    return os.environ.get("GLIBC_TUNABLES") or "glibc defaults"
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (temporary file, then rename)."""
     atomic_write_text(path, json.dumps(payload, indent=2))
-
-
-def _kernels_note(args: argparse.Namespace, payload: dict) -> str:
-    if payload["native_kernels"]["used"]:
-        return "used"
-    if args.native_kernels == "off":
-        return "off"
-    return "unavailable: " + payload["native_kernels"]["reason"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,15 +153,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=3)
     parser.add_argument("--matching", nargs="+", default=["inter", "intra"], choices=["inter", "intra"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--cpu-allocator", choices=["kept", "default"], default="kept",
-        help="kept: freed CPU memory is reused (plc_monai.cpu_allocator.keep_freed_cpu_memory, what the trainer "
-             "does on CPU); default: glibc's defaults (large tensors get fresh, page-faulting memory every call)",
-    )
-    parser.add_argument(
-        "--native-kernels", choices=["on", "off"], default="on",
-        help="on: the loss's native CPU kernels where available (its default); off: its PyTorch path",
-    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads for both implementations (default: torch's)"
     )
@@ -196,8 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
         devices = [torch.device(args.device)]
         if devices[0].type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine.")
-    if args.cpu_allocator == "kept":
-        keep_freed_cpu_memory()
     results = [run_case(args, device, m) for device in devices for m in args.matching]
     payload = {
         "problem": {
@@ -207,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             "classes": args.classes,
             "num_samples": args.num_samples,
         },
-        # what holds, not what was asked: the setting cannot be undone once made in a process
-        "cpu_allocator": "kept" if cpu_memory_kept() else "default",
-        # whether any case ran on the kernels (each result says which path it took, as the loss decided)
-        "native_kernels": {**class_kernels_status(), "used": any(r["class_sums"] == "native" for r in results)},
+        "cpu_allocator": malloc_setting(),
         "machine": machine_info(devices),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "results": results,
@@ -225,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(f"(medians; B={args.batch}, D={args.dim}, {args.size}x{args.size}, C={args.classes}, "
           f"S={args.num_samples}; {payload['machine']['processor']}, {payload['machine']['cpu_count']} CPUs; "
-          f"CPU allocator {payload['cpu_allocator']}; native CPU kernels {_kernels_note(args, payload)})")
+          f"CPU allocator {payload['cpu_allocator']})")
     if args.out is not None:
         write_json_atomic(args.out, payload)
         print(f"wrote {args.out}")

@@ -115,8 +115,6 @@ def _import_project() -> dict[str, Any]:
         "BestModelPerPhase": ("plc_monai.checkpointing", "BestModelPerPhase"),
         "TrainingProgress": ("plc_monai.progress", "TrainingProgress"),
         "load_paper_split": ("plc_monai.data.splits", "load_paper_split"),
-        "keep_freed_cpu_memory": ("plc_monai.cpu_allocator", "keep_freed_cpu_memory"),
-        "cpu_memory_kept": ("plc_monai.cpu_allocator", "cpu_memory_kept"),
     }
     out: dict[str, Any] = {}
     for key, (module, attr) in names.items():
@@ -511,8 +509,7 @@ def time_yardstick(network: torch.nn.Module, contrastive: Callable | None, image
 
 def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn.Module, labeled: Any, unlabeled: Any,
                   store: Any, device: torch.device, amp: bool, channels_last: bool, warmup_iterations: int,
-                  total_iterations: int, epoch_length: int, seed: int, handlers: Sequence | None = None,
-                  tune_cpu_allocator: bool = True) -> Any:
+                  total_iterations: int, epoch_length: int, seed: int, handlers: Sequence | None = None) -> Any:
     """A :class:`SemiSupervisedTrainer` wired as ``train#trainer`` of the bundle, with fresh bundle objects."""
     optimizer = torch.optim.Adam(network.parameters(), lr=float(bundle.value("learning_rate")))
     return mods["SemiSupervisedTrainer"](
@@ -538,7 +535,6 @@ def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn
         channels_last=channels_last,
         seed=seed,
         log_interval=int(bundle.value("log_interval")),
-        tune_cpu_allocator=tune_cpu_allocator,
         train_handlers=handlers,
     )
 
@@ -611,9 +607,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-interval", type=int, default=None, help="iterations between validations (bundle: 50)")
     parser.add_argument("--bundle-config", type=Path, default=DEFAULT_BUNDLE_CONFIG, help="the bundle's train.json")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpu-allocator", choices=["kept", "default"], default="kept",
-                        help="on CPU, kept: reuse freed memory for every part (what the trainer does on CPU, "
-                             "plc_monai.cpu_allocator); default: glibc's defaults for every part")
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="profile 10 joint iterations of the engine run (and, with --full, 10 warm-up and 10 "
                              "joint iterations of the schedule) with torch.profiler; tables are written here")
@@ -735,7 +728,7 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
         handlers[0].save = timed_save(handlers[0].save)  # before build_trainer attaches it
         trainer = build_trainer(mods, bundle, network, pools["labeled"], pools["unlabeled"], store, device, args.amp,
                                 args.channels_last, schedule["warmup"], total, schedule["val_interval"], args.seed,
-                                handlers, tune_cpu_allocator=args.cpu_allocator == "kept")
+                                handlers)
         # the ResumeCheckpoint saves the optimizer too, as in the bundle
         handlers[0].save_dict["optimizer"] = trainer.optimizer
         marks: dict[str, float] = {}
@@ -829,13 +822,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.device, mods: dict[str, Any]) -> dict[str, Any]:
     loss_speed = mods["loss_speed"]
     load_at_start = _load()
-    # every part runs under the allocator setting the trainer would use (it applies "kept" on CPU)
-    cpu_allocator = "not used (CUDA)"
-    if device.type == "cpu":
-        if args.cpu_allocator == "kept":
-            mods["keep_freed_cpu_memory"]()
-        # what holds, not what was asked: the setting cannot be undone once made in a process
-        cpu_allocator = "kept" if mods["cpu_memory_kept"]() else "default"
+    # every part runs under the malloc setting the process was started with (GLIBC_TUNABLES)
+    cpu_allocator = loss_speed.malloc_setting() if device.type == "cpu" else "not used (CUDA)"
 
     # ---- problem size, from the bundle (paper) or reduced (ci), plus overrides
     probe = BundleObjects(mods["ConfigParser"], args.bundle_config, {})
@@ -927,7 +915,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
     total = 2 * block + 1 + (PROFILE_ITERATIONS if args.profile_dir is not None else 0)
     trainer = build_trainer(mods, bundle, network, pools["labeled"], pools["unlabeled"], store, device, args.amp,
                             args.channels_last, warmup_iterations=block, total_iterations=total,
-                            epoch_length=total, seed=args.seed, tune_cpu_allocator=args.cpu_allocator == "kept")
+                            epoch_length=total, seed=args.seed)
     clocks = {
         "b_engine_seg": IterationClock(mods["Events"], device, args.warmup + 1, args.iterations),
         "c_engine_joint": IterationClock(mods["Events"], device, block + args.warmup + 1, args.iterations),
@@ -987,8 +975,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
     # ---- the loss alone against its loop transcription (benchmarks/loss_speed.py)
     loss_args = argparse.Namespace(batch=batch, dim=embedding_dim, size=spatial, classes=num_classes,
                                    num_samples=int(bundle.value("num_samples")), seed=args.seed,
-                                   repeats=args.loss_repeats, warmup=2, loop_repeats=args.loop_repeats,
-                                   native_kernels="on")  # the trainer's loss uses them where they load
+                                   repeats=args.loss_repeats, warmup=2, loop_repeats=args.loop_repeats)
     with _Section(device, memory, "loss"):
         results["loss"] = loss_speed.run_case(loss_args, device, str(bundle.value("matching")))
 

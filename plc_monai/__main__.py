@@ -6,30 +6,57 @@ Commands:
     prepare     preprocess a dataset folder into the on-disk cache (N4, normalisation, resampling)
     demo        phantom ACDC data, a short CPU training through the ACDC bundle, a Dice table
     experiment  the paper's comparisons: every (method, combo) trained, evaluated, tabulated with figures
-    kernels     build the loss's optional native CPU kernels and say whether they load
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import fire
+from fire import helptext, trace
 
 from plc_monai import cli
-from plc_monai.data.phantom import phantom
 from plc_monai.experiments.harness import experiment
 
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "phantom": cli.phantom,
+    "check_data": cli.check_data,
+    "prepare": cli.prepare,
+    "demo": cli.demo,
+    "experiment": experiment,
+}
 
-def main() -> None:
-    fire.Fire(
-        {
-            "phantom": phantom,
-            "check_data": cli.check_data,
-            "prepare": cli.prepare,
-            "demo": cli.demo,
-            "experiment": experiment,
-            "kernels": cli.kernels,
-        },
-        name="plc_monai",
-    )
+_HELP_FLAGS = ("--help", "-h")
+
+
+def command_help(name: str) -> str:
+    """The help text of command ``name``: its docstring and flags, as fire formats them.
+
+    Raises:
+        KeyError: when ``name`` is not a command.
+    """
+    command = COMMANDS[name]
+    fire_trace = trace.FireTrace(COMMANDS, name="plc_monai")
+    fire_trace.AddAccessedProperty(command, name, [name], None, None)
+    return helptext.HelpText(command, trace=fire_trace)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command named in ``argv`` (default: the process arguments).
+
+    ``<command> --help`` (or ``-h``) anywhere before a ``--`` prints that command's help and runs nothing.
+    fire alone would not: a command that takes ``**overrides`` (``demo``, ``prepare``, ...) would take
+    ``--help`` as one more override and run.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        own = args[1 : args.index("--")] if "--" in args else args[1:]
+        if any(arg in _HELP_FLAGS for arg in own):
+            print(command_help(args[0]))
+            return
+    fire.Fire(COMMANDS, command=args, name="plc_monai")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,16 @@ from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
 
-__all__ = ["check_data", "prepare", "demo", "kernels", "bundle_dir", "demo_config", "format_comparison"]
+__all__ = [
+    "phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_config", "format_comparison", "DEMO_MALLOC_TUNABLES",
+]
+
+# glibc malloc settings for the demo's bundle processes: freed memory stays in the process for the next step
+# instead of going back to the kernel, which would zero fresh pages on every large allocation. The demo's
+# timings in docs/training.md were measured with them. A GLIBC_TUNABLES of the caller's own wins.
+DEMO_MALLOC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=536870912"
+)
 
 def bundle_dir(dataset: str) -> Path:
     """The folder of the shipped bundle for ``dataset`` (``bundles/<dataset>`` of the source tree).
@@ -45,6 +54,47 @@ def demo_config() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; regenerate the bundles with `python -m plc_monai.bundle_gen`.")
     return path
+
+
+def phantom(
+    dataset: str = "acdc",
+    out: str = "phantom_acdc",
+    num_subjects: int = 12,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    num_slices: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Command-line entry: write a SYNTHETIC phantom dataset and print its folder.
+
+    Thin wrapper of :func:`plc_monai.data.phantom.write_phantom_dataset` for ``python -m plc_monai phantom``;
+    it prints the output folder instead of returning it, so ``fire`` prints it once.
+
+    Args:
+        dataset: ``"acdc"``, ``"prostate"`` or ``"mmwhs"``.
+        out: output folder.
+        num_subjects: number of subjects.
+        seed: random seed.
+        image_size: optional in-plane size ``(X, Y)`` for every subject.
+        num_slices: optional number of slices for every subject.
+        overwrite: allow writing into a non-empty folder that is not a phantom of this dataset.
+
+    Raises:
+        ValueError: see :func:`plc_monai.data.phantom.write_phantom_dataset`.
+        FileExistsError: see :func:`plc_monai.data.phantom.write_phantom_dataset`.
+    """
+    from plc_monai.data.phantom import write_phantom_dataset
+
+    folder = write_phantom_dataset(
+        dataset,
+        out,
+        num_subjects=num_subjects,
+        seed=seed,
+        image_size=None if image_size is None else tuple(image_size),
+        num_slices=num_slices,
+        overwrite=overwrite,
+    )
+    print(folder)
 
 
 def check_data(dataset: str, dataset_dir: str, **reader_options: Any) -> None:
@@ -98,21 +148,6 @@ def prepare(bundle: str = "acdc", dataset_dir: str | None = None, cache_dir: str
     print(f"{len(entries)} volumes cached in {cache} ({time.perf_counter() - start:.0f} s)")
 
 
-def kernels() -> dict[str, Any]:
-    """Build the loss's native CPU kernels if needed and say whether they load (and, if not, why).
-
-    Building takes under a second with the system C compiler; the library is cached (see
-    ``plc_monai.native.loader``), so running this once on a cluster's login node spares each job the
-    build. Without the kernels the loss uses its PyTorch path, which gives the same results.
-
-    Returns:
-        ``{"available": bool, "reason": str}``.
-    """
-    from plc_monai.native import class_kernels_status
-
-    return class_kernels_status()
-
-
 def _bundle_command(config_files: list[Path], run_id: str, overrides: dict[str, Any]) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str([str(c) for c in config_files])]
     for key, value in overrides.items():
@@ -123,12 +158,12 @@ def _bundle_command(config_files: list[Path], run_id: str, overrides: dict[str, 
 
 
 def _run(cmd: list[str], log_file: Path) -> None:
-    """Run a bundle command, streaming its output to the terminal and to ``log_file``."""
+    """Run a bundle command with :data:`DEMO_MALLOC_TUNABLES`, streaming its output to the terminal and to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(cmd[1:]), flush=True)
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={"GLIBC_TUNABLES": DEMO_MALLOC_TUNABLES, **os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -145,7 +180,8 @@ def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **o
        into ``<out>/data``;
     2. runs ``python -m monai.bundle run training`` with ``bundles/acdc/configs/train.json`` and
        ``demo.json`` (:func:`demo_config`: a seeded random split with 1 labeled volume and a short CPU
-       schedule);
+       schedule), with glibc's malloc told to keep freed memory (:data:`DEMO_MALLOC_TUNABLES`, unless
+       ``GLIBC_TUNABLES`` is set);
     3. evaluates the best warm-up model (supervised baseline) and the final model on the phantom
        test subjects with ``evaluate.json`` and prints Dice per structure for both.
 

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from plc_monai.native import MAX_CLASSES, block_counts, class_fill, class_sums, load_class_kernels
+from plc_monai._contrastive_ops import (
+    class_masks,
+    class_sums_and_anchor_features,
+    cosine_logits,
+    draw_pixels,
+    padded_labels,
+)
+
 
 __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 
@@ -35,50 +42,6 @@ class AnchorSample(NamedTuple):
     rows: torch.Tensor
     pixels: torch.Tensor
     valid: torch.Tensor
-
-
-class _ClassSumsAndAnchors(torch.autograd.Function):
-    """Per-class feature sums and anchor features from one ``[B, D, N]`` tensor, with a single-buffer backward.
-
-    Forward: ``sums[b, :, k] = sum_{n: class(b, n) = k-th candidate} feats[b, :, n]`` and
-    ``anchors[r, a, :] = feats[src[r], :, pixels[r, a]]``. Two implementations of the sums:
-
-    - PyTorch (``onehot`` given, ``[B, K, N]`` candidate-class masks): a batched GEMM.
-    - native (``onehot`` None; ``labels [B, N]`` float32 class ids, ``class_ids [K]`` float32,
-      ``num_classes``): the kernels of :mod:`plc_monai.native`, float32 on a CPU only. At the paper's
-      size they take about half the GEMM's time forward and 40 % of it backward (docs/loss.md).
-
-    Backward writes both gradients into one ``[B, D, N]`` buffer (the class-sum gradient broadcast
-    to the pixels of each class, then an in-place scatter-add of the anchor gradient). Plain
-    autograd would allocate two full-size buffers and add them, which costs more than the whole
-    loss on a CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, feats, onehot, labels, class_ids, num_classes, src, pixels):  # type: ignore[override]
-        if onehot is None:
-            sums = class_sums(feats, labels, class_ids).to(feats.dtype)  # [B, D, K]
-        else:
-            # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
-            sums = torch.bmm(onehot, feats.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
-        anchors = feats[src[:, None], :, pixels]  # [R, A, D]
-        ctx.num_classes = num_classes
-        ctx.save_for_backward(onehot, labels, class_ids, src, pixels)
-        return sums, anchors
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_sums, grad_anchors):  # type: ignore[override]
-        onehot, labels, class_ids, src, pixels = ctx.saved_tensors
-        if onehot is None:
-            batch, dim = grad_sums.shape[:2]
-            table = grad_sums.new_zeros((batch, dim, ctx.num_classes))  # non-candidate classes get 0
-            table[:, :, class_ids.long()] = grad_sums
-            grad = class_fill(table, labels)  # [B, D, N]
-        else:
-            grad = torch.bmm(grad_sums.contiguous(), onehot)  # [B, D, N]
-        grad.transpose(1, 2).index_put_((src[:, None].expand_as(pixels), pixels), grad_anchors, accumulate=True)
-        return grad, None, None, None, None, None, None
 
 
 class PixelContrastiveLoss(_Loss):
@@ -150,9 +113,6 @@ class PixelContrastiveLoss(_Loss):
       anchor's own (intra-image) term and drop only the missing partner term.
     """
 
-    #: pixels per block in the two-step anchor search of :meth:`_draw`
-    _BLOCK = 256
-
     def __init__(
         self,
         num_classes: int,
@@ -163,7 +123,6 @@ class PixelContrastiveLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
         check_inputs: bool = True,
-        native_cpu_kernels: bool = True,
     ) -> None:
         """
         Args:
@@ -186,12 +145,6 @@ class PixelContrastiveLoss(_Loss):
                 a training loop that already feeds valid labels may turn them off on the GPU. Shape
                 checks always run (they cost nothing). With the checks off, labels outside
                 ``[0, num_classes)`` give undefined (but memory-safe) results.
-            native_cpu_kernels: for float32 features on a CPU with at most 8 classes, compute the
-                class sums and their gradient with the native kernels of :mod:`plc_monai.native`
-                (built on first use with the system C compiler; x86-64 with AVX2). The PyTorch path
-                is used where they cannot be had (``plc_monai.native.class_kernels_status()`` says
-                why) and always with False. Both paths draw the same anchors and agree to float32
-                rounding.
 
         Raises:
             ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
@@ -225,7 +178,6 @@ class PixelContrastiveLoss(_Loss):
         self.include_background = bool(include_background)
         self.generator = generator
         self.check_inputs = bool(check_inputs)
-        self.native_cpu_kernels = bool(native_cpu_kernels)
 
     @property
     def candidate_classes(self) -> list[int]:
@@ -289,75 +241,15 @@ class PixelContrastiveLoss(_Loss):
             raise ValueError(f"labels must be real, got dtype {ids.dtype}.")
         return ids.reshape(batch, -1).long()
 
-    def _padded_labels(self, ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-        """Class ids as floats, padded with -1 to a whole number of blocks of pixels.
-
-        Args:
-            ids: ``[B, N]`` long class ids.
-            dtype: float dtype of the result (that of the features' arithmetic).
-
-        Returns:
-            ``labels [B, N_pad]`` in ``dtype`` (``N_pad`` = ``N`` rounded up to a multiple of the block
-            size; ``labels[:, :N]`` are the ids, ``-1`` matches no class) and the block size (at most
-            :attr:`_BLOCK`).
-
-        Raises:
-            ValueError: with ``check_inputs``, when a label lies outside ``[0, num_classes)``.
-        """
-        if self.check_inputs and ids.numel() > 0:
-            lo, hi = torch.aminmax(ids)
+    def _check_label_range(self, class_ids: torch.Tensor) -> None:
+        """With ``check_inputs``, raise a ValueError when a class id lies outside ``[0, num_classes)``."""
+        if self.check_inputs and class_ids.numel() > 0:
+            lo, hi = torch.aminmax(class_ids)
             if int(lo) < 0 or int(hi) >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}].")
-        batch, n_pixels = ids.shape
-        block = max(1, min(self._BLOCK, n_pixels))
-        n_pad = -(-n_pixels // block) * block
-        if n_pad == n_pixels:
-            return ids.to(dtype), block
-        labels = torch.full((batch, n_pad), -1, dtype=dtype, device=ids.device)
-        labels[:, :n_pixels] = ids
-        return labels, block
 
-    def _use_native(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether this call takes the native CPU kernels (see ``native_cpu_kernels``)."""
-        return (
-            self.native_cpu_kernels
-            and device.type == "cpu"
-            and dtype == torch.float32
-            and self.num_classes <= MAX_CLASSES
-            and load_class_kernels() is not None
-        )
-
-    def _class_onehot(
-        self, labels: torch.Tensor, cand: torch.Tensor, block: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-hot masks of the candidate classes and their pixel counts per block of pixels (PyTorch path).
-
-        Args:
-            labels: ``[B, N_pad]`` float class ids from :meth:`_padded_labels`.
-            cand: ``[K]`` candidate class ids in the dtype of ``labels``.
-            block: pixels per block (``N_pad`` is a multiple).
-
-        Returns:
-            ``onehot [B, K, N_pad]`` in the dtype of ``labels`` (zero in the padding) and
-            ``block_counts [B, K, N_pad / block]`` long.
-        """
-        batch, n_pad = labels.shape
-        # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
-        # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
-        onehot = torch.empty((batch, cand.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
-        torch.eq(labels[:, None, :], cand[None, :, None], out=onehot)
-        # float sums of at most _BLOCK ones are exact
-        counts = onehot.view(batch, cand.shape[0], n_pad // block, block).sum(dim=-1).long()
-        return onehot, counts
-
-    def _block_counts(self, labels: torch.Tensor, cand: torch.Tensor, block: int, native: bool) -> torch.Tensor:
-        """``[B, K, N_pad / block]`` pixels of each candidate class per block; the one-hot is not kept."""
-        if native:
-            return block_counts(labels, cand, block)
-        return self._class_onehot(labels, cand, block)[1]
-
-    def _rows(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """Anchor roles ``[R, 2]``: (anchor image, partner image or -1); see :class:`AnchorSample`."""
+    def _roles(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Anchor roles ``[R, 2]``: (anchor image ``x``, partner image ``x'`` or -1); see :class:`AnchorSample`."""
         if self.matching == "intra":
             if pairs is not None:
                 raise ValueError("pairs is only used with matching='inter'; got pairs with matching='intra'.")
@@ -381,55 +273,6 @@ class PixelContrastiveLoss(_Loss):
                 raise ValueError(f"pairs must hold batch indices in [0, {batch}), got {pairs.tolist()}.")
             pairs = pairs.to(device=device, dtype=torch.long)
         return torch.cat([pairs, pairs.flip(1)], dim=0)
-
-    # ------------------------------------------------------------------ sampling
-    def _draw(
-        self, labels: torch.Tensor, cand: torch.Tensor, per_block: torch.Tensor, n_pixels: int,
-        rows: torch.Tensor, generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``num_samples`` pixels per (row, candidate class), uniformly with replacement.
-
-        Args:
-            labels: ``[B, N_pad]`` float class ids from :meth:`_padded_labels`.
-            cand: ``[K]`` candidate class ids in the dtype of ``labels``.
-            per_block: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
-            n_pixels: ``N``, the number of real (unpadded) pixels.
-            rows: ``[R, 2]`` anchor roles.
-            generator: random generator or None for the global RNG.
-
-        Returns:
-            pixels ``[R, K, S]`` (flat indices) and valid ``[R, K]``.
-
-        The rank of each draw within its class is ``floor(u * count)`` with ``u ~ U[0, 1)`` (one
-        ``torch.rand`` call of shape ``[R, K, S]``), and the drawn pixel is the one of that rank in
-        row-major order. It is located in two steps that never scan the whole image: the block that
-        holds it (``searchsorted`` over cumulative block counts, ``[R, K, nb]``), then the position
-        inside that block (a running count over the ``_BLOCK`` pixels of that block only). A single
-        running count over all ``B * K * N`` mask values was the most expensive part of the loss on
-        a CPU. Only block counts and labels enter, so the PyTorch and native paths draw the same pixels.
-        """
-        src = rows[:, 0]
-        n_rows, n_cand = src.shape[0], per_block.shape[1]
-        n_blocks, block = per_block.shape[2], labels.shape[1] // per_block.shape[2]
-        src_blocks = per_block[src]  # [R, K, nb]
-        cum_blocks = src_blocks.cumsum(dim=-1)  # inclusive
-        count = cum_blocks[..., -1]  # [R, K]
-        valid = count > 0
-        n_draw = int(self.num_samples)  # type: ignore[arg-type]
-        gen_device = generator.device if generator is not None else labels.device
-        u = torch.rand((n_rows, n_cand, n_draw), generator=generator, device=gen_device, dtype=torch.float64)
-        u = u.to(labels.device)
-        rank = torch.minimum((u * count[..., None]).long(), (count[..., None] - 1).clamp_min(0))  # [R, K, S]
-        # the block holding the (rank+1)-th pixel: the first whose cumulative count exceeds rank
-        blk = torch.searchsorted(cum_blocks, rank, right=True).clamp_max(n_blocks - 1)
-        within = rank - (cum_blocks.gather(-1, blk) - src_blocks.gather(-1, blk))  # rank inside the block
-        start = (src * labels.shape[1])[:, None, None] + blk * block  # [R, K, S]
-        window = labels.reshape(-1)[start[..., None] + torch.arange(block, device=labels.device)]  # [R, K, S, L]
-        match = window == cand[None, :, None, None]
-        # the index of the (within+1)-th match is the number of positions whose running count is still <= within
-        offset = (match.cumsum(dim=-1) <= within[..., None]).sum(dim=-1)
-        pixels = (blk * block + offset).clamp(0, n_pixels - 1)
-        return pixels, valid
 
     def sample_anchors(
         self, labels: torch.Tensor, pairs: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -458,14 +301,15 @@ class PixelContrastiveLoss(_Loss):
                 f"sample_anchors needs labels [B, 1, *spatial] or [B, {self.num_classes}, *spatial], "
                 f"got {tuple(getattr(labels, 'shape', ()))}."
             )
-        ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
-        labels_f, block = self._padded_labels(ids, torch.float32)
-        cand = self._candidate_ids(ids.device).to(torch.float32)
-        counts = self._block_counts(labels_f, cand, block, self._use_native(ids.device, torch.float32))
-        rows = self._rows(ids.shape[0], pairs, ids.device)
-        pixels, valid = self._draw(labels_f, cand, counts, ids.shape[1], rows,
-                                   generator if generator is not None else self.generator)
-        return AnchorSample(rows, pixels, valid)
+        class_ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
+        self._check_label_range(class_ids)
+        labels_pad, block = padded_labels(class_ids, torch.float32)
+        classes = self._candidate_ids(class_ids.device).to(torch.float32)
+        per_block = class_masks(labels_pad, classes, block)[1]
+        roles = self._roles(class_ids.shape[0], pairs, class_ids.device)
+        pixels, present = draw_pixels(labels_pad, classes, per_block, class_ids.shape[1], roles[:, 0],
+                                      self.num_samples, generator if generator is not None else self.generator)
+        return AnchorSample(roles, pixels, present)
 
     # ------------------------------------------------------------------ loss
     def forward(
@@ -476,6 +320,11 @@ class PixelContrastiveLoss(_Loss):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """
+        The steps of Eq. (3)-(4), one method each: draw the anchors ``a`` (:meth:`_draw_anchors`), take the
+        class means ``m_k(x)`` and the anchors' embeddings (:meth:`_class_means`), the similarities
+        ``s(a, m_k)`` to the means of the anchor image and of its partner (:meth:`_similarities`), then the
+        terms (:meth:`_intra_terms` or :meth:`_inter_terms`) and their reduction (:meth:`_reduce`).
+
         Args:
             features: ``[B, D, *spatial]`` pixel embeddings (raw projection-head output), 2D or 3D.
             labels: ``[B, 1, *spatial]`` integer class ids in ``[0, num_classes)`` (labels or
@@ -502,97 +351,168 @@ class PixelContrastiveLoss(_Loss):
             )
         if not features.is_floating_point():
             raise ValueError(f"features must be floating point, got dtype {features.dtype}.")
-        ids = self._class_ids(labels, features.shape[0], tuple(features.shape[2:]))
-        rows = self._rows(features.shape[0], pairs, features.device)
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return self._loss(features, ids, rows, generator if generator is not None else self.generator)
-
-    def _loss(
-        self, features: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        compute_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         batch, dim = features.shape[:2]
-        feats = features.to(compute_dtype).reshape(batch, dim, -1)  # [B, D, N]
-        n_pixels = feats.shape[2]
-        labels_pad, block = self._padded_labels(ids, compute_dtype)  # [B, N_pad]
-        cand = self._candidate_ids(features.device)
-        cand_f = cand.to(compute_dtype)
-        n_cand = cand.shape[0]
-        if self._use_native(features.device, compute_dtype):
-            feats = feats.contiguous()
-            labels_f = labels_pad[:, :n_pixels].contiguous()  # [B, N]
-            per_block = self._block_counts(labels_pad, cand_f, block, native=True)  # [B, K, nb]
-            onehot = None
-        else:
-            onehot_pad, per_block = self._class_onehot(labels_pad, cand_f, block)
-            onehot, labels_f = onehot_pad[..., :n_pixels], None  # [B, K, N]
-        counts = per_block.sum(dim=-1).to(compute_dtype)  # [B, K]
-        src, partner = rows[:, 0], rows[:, 1]
+        class_ids = self._class_ids(labels, batch, tuple(features.shape[2:]))  # [B, N]
+        roles = self._roles(batch, pairs, features.device)  # [R, 2]: anchor image x, partner x' (-1 for intra)
+        image, partner = roles[:, 0], roles[:, 1]
+        generator = generator if generator is not None else self.generator
+        self._check_label_range(class_ids)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+            z = features.to(dtype).reshape(batch, dim, -1)  # z(x)_i: [B, D, N]
+            labels_pad, block = padded_labels(class_ids, dtype)  # [B, N_pad]
+            classes = self._candidate_ids(features.device)  # [K]
+            masks, per_block = class_masks(labels_pad, classes.to(dtype), block)  # [B, K, N_pad], [B, K, nb]
+            in_class = per_block.sum(dim=-1).to(dtype)  # |S_k(x)|: [B, K]
+            present = in_class > 0  # k in K(x): [B, K]
+
+            pixels, anchor_class, valid = self._draw_anchors(class_ids, labels_pad, classes, per_block, image, generator)
+            # an anchor without any negative class (none other present in its image, nor in its partner's for
+            # "inter") has no contrast: its intra term is exactly 0, its inter terms only balance two means
+            # of its own class. It gives no term rather than diluting the mean.
+            seen = present[image] if self.matching == "intra" else present[image] | present[partner]  # [R, K]
+            valid = valid & (seen.sum(dim=1, keepdim=True) >= 2)  # [R, A]
+
+            means, anchors = self._class_means(z, masks[..., : z.shape[2]], in_class, image, pixels)
+            own = self._similarities(anchors, means[image], present[image], valid)  # s(a, m_k(x)): [R, A, K]
+            if self.matching == "intra":
+                terms, exists = self._intra_terms(own, anchor_class, valid)
+            else:
+                other = self._similarities(anchors, means[partner], present[partner], valid)  # s(a, m_k(x'))
+                terms, exists = self._inter_terms(own, other, anchor_class, valid, present[partner])
+            return self._reduce(terms, exists)
+
+    def _draw_anchors(
+        self,
+        class_ids: torch.Tensor,
+        labels_pad: torch.Tensor,
+        classes: torch.Tensor,
+        per_block: torch.Tensor,
+        image: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Step 1: the anchors ``a`` of each role, ``num_samples`` per candidate class present in the anchor image.
+
+        Args:
+            class_ids: ``[B, N]`` long class ids.
+            labels_pad: ``[B, N_pad]`` float class ids padded to whole blocks.
+            classes: ``[K]`` long candidate class ids.
+            per_block: ``[B, K, nb]`` pixels of each candidate class per block.
+            image: ``[R]`` anchor image of each role.
+            generator: random generator or None.
+
+        Returns:
+            ``pixels [R, A]`` (flat pixel indices, class-major then sample; None with ``num_samples=None``,
+            where every pixel is an anchor, ``A = N``), ``anchor_class [R, A]`` (the anchor's class as a
+            position in ``classes``; -1 for a non-candidate pixel) and ``valid [R, A]`` (the anchor exists:
+            its class is a candidate present in the anchor image).
+        """
+        n_roles, n_classes = image.shape[0], classes.shape[0]
         if self.num_samples is None:
-            pixels = torch.zeros((rows.shape[0], 0), dtype=torch.long, device=features.device)
-        else:
-            pixels3, present_src = self._draw(labels_pad, cand_f, per_block, n_pixels, rows, generator)
-            n_draw = pixels3.shape[-1]
-            pixels = pixels3.reshape(rows.shape[0], -1)  # [R, K*S]
-        # sums of the candidate classes only: background is never a mean unless it is a candidate
-        sums, anchor_feats = _ClassSumsAndAnchors.apply(
-            feats, onehot, labels_f, cand_f, self.num_classes, src, pixels
-        )  # [B, D, K], [R, A, D]
+            position = torch.full((self.num_classes,), -1, dtype=torch.long, device=classes.device)
+            position[classes] = torch.arange(n_classes, device=classes.device)
+            anchor_class = position[class_ids[image]]  # [R, N]
+            return None, anchor_class, anchor_class >= 0
+        drawn, present = draw_pixels(labels_pad, classes.to(labels_pad.dtype), per_block, class_ids.shape[1], image,
+                                     self.num_samples, generator)  # [R, K, S], [R, K]
+        anchor_class = torch.arange(n_classes, device=classes.device).repeat_interleave(self.num_samples)
+        return (drawn.reshape(n_roles, -1), anchor_class.expand(n_roles, -1),
+                present.repeat_interleave(self.num_samples, dim=1))
+
+    def _class_means(
+        self, z: torch.Tensor, masks: torch.Tensor, in_class: torch.Tensor, image: torch.Tensor,
+        pixels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 2: the class means ``m_k(x)`` over all pixels of each class, and the anchors' embeddings.
+
+        Args:
+            z: ``[B, D, N]`` raw embeddings.
+            masks: ``[B, K, N]`` one-hot masks of the candidate classes.
+            in_class: ``[B, K]`` pixels per class, ``|S_k(x)|``.
+            image: ``[R]`` anchor image of each role.
+            pixels: ``[R, A]`` anchor pixels, or None when every pixel is an anchor.
+
+        Returns:
+            ``means [B, K, D]`` and ``anchors [R, A, D]``, both normalised to unit length (the cosine of
+            ``s(u, v)``). The mean of a class absent from an image is 0.
+
+        Raises:
+            ValueError: with ``check_inputs``, when the features hold NaN/Inf or overflow when summed.
+        """
+        no_pixels = torch.zeros((image.shape[0], 0), dtype=torch.long, device=z.device)
+        sums, anchor_z = class_sums_and_anchor_features(z, masks, image, no_pixels if pixels is None else pixels)
         if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
-            if not torch.isfinite(features).all():
+            if not torch.isfinite(z).all():
                 raise ValueError("features contain NaN or Inf.")
-            raise ValueError(f"features overflow {compute_dtype} when summed per class.")
-        means = sums / counts.clamp_min(1)[:, None, :]
-        means_n = F.normalize(means.transpose(1, 2), dim=-1)  # [B, K, D]
-        present = counts > 0  # [B, K]
+            raise ValueError(f"features overflow {z.dtype} when summed per class.")
+        if pixels is None:
+            anchor_z = z[image].transpose(1, 2)  # [R, N, D]
+        means = sums / in_class.clamp_min(1)[:, None, :]  # [B, D, K]
+        return F.normalize(means.transpose(1, 2), dim=-1), F.normalize(anchor_z, dim=-1)
 
-        if self.num_samples is None:
-            # every pixel is an anchor: [R, N, D]; class position in the candidate list, -1 if not a candidate
-            anchors = F.normalize(feats[src].transpose(1, 2), dim=-1)
-            lut = torch.full((self.num_classes,), -1, dtype=torch.long, device=features.device)
-            lut[cand] = torch.arange(n_cand, device=features.device)
-            cls = lut[ids[src]]  # [R, N]
-            valid = cls >= 0
-        else:
-            anchors = F.normalize(anchor_feats, dim=-1)  # [R, K*S, D]
-            cls = torch.arange(n_cand, device=features.device).repeat_interleave(n_draw).expand_as(pixels)
-            valid = present_src.repeat_interleave(n_draw, dim=1)
-        cls_index = cls.clamp_min(0)[..., None]
+    def _similarities(
+        self, anchors: torch.Tensor, means: torch.Tensor, present: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Step 3: ``s(a, m_k) = cos(a, m_k) / tau`` of every anchor with every class mean of one image per role.
 
-        def _logits(image: torch.Tensor) -> torch.Tensor:
-            targets = means_n[image]  # [R, K, D]
-            if anchors.shape[1] * n_cand <= 4096:
-                # a handful of sampled anchors: broadcasting beats a batched GEMM launch on CPU by ~100x
-                sim = (anchors[:, :, None, :] * targets[:, None, :, :]).sum(-1)
-            else:
-                sim = torch.bmm(anchors, targets.transpose(1, 2))
-            sim = sim / self.temperature  # [R, A, K]
-            sim = sim.masked_fill(~present[image][:, None, :], float("-inf"))
-            # rows of invalid anchors may be all -inf; zero them so logsumexp and its gradient stay finite
-            return torch.where(valid[..., None], sim, torch.zeros_like(sim))
+        Args:
+            anchors: ``[R, A, D]`` unit-norm anchor embeddings.
+            means: ``[R, K, D]`` unit-norm class means of the image each role compares with.
+            present: ``[R, K]`` which classes that image holds.
+            valid: ``[R, A]`` which anchors give terms.
 
-        self_logits = _logits(src)
-        self_pos = self_logits.gather(-1, cls_index)[..., 0]
-        # an anchor with no negative class (no other candidate class present in its image, nor in its
-        # partner for "inter") has no contrast: its intra term is exactly 0 and its inter terms only
-        # balance two means of its own class. Such anchors stay out of the mean instead of diluting it.
-        seen = present[src] if self.matching == "intra" else present[src] | present[partner]  # [R, K]
-        valid = valid & (seen.sum(dim=1, keepdim=True) >= 2)
-        if self.matching == "intra":
-            terms = torch.logsumexp(self_logits, dim=-1) - self_pos
-            term_valid = valid
-        else:
-            partner_logits = _logits(partner)
-            log_den = torch.logsumexp(torch.cat([self_logits, partner_logits], dim=-1), dim=-1)
-            partner_ok = valid & present[partner].gather(1, cls.clamp_min(0))
-            partner_pos = torch.where(partner_ok, partner_logits.gather(-1, cls_index)[..., 0], 0.0)
-            terms = torch.stack([log_den - self_pos, log_den - partner_pos], dim=-1)  # [R, A, 2]
-            term_valid = torch.stack([valid, partner_ok], dim=-1)
+        Returns:
+            ``[R, A, K]``: ``-inf`` for a class absent from the image (no mean, no negative), and 0 in the
+            rows of anchors that give no term, so that ``logsumexp`` and its gradient stay finite.
+        """
+        similarity = cosine_logits(anchors, means) / self.temperature
+        similarity = similarity.masked_fill(~present[:, None, :], float("-inf"))
+        return torch.where(valid[..., None], similarity, torch.zeros_like(similarity))
 
+    @staticmethod
+    def _intra_terms(
+        own: torch.Tensor, anchor_class: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4, ``"intra"``: ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})`` per anchor.
+
+        Returns:
+            ``terms [R, A]`` and ``exists [R, A]``.
+        """
+        positive = own.gather(-1, anchor_class.clamp_min(0)[..., None])[..., 0]
+        return torch.logsumexp(own, dim=-1) - positive, valid
+
+    @staticmethod
+    def _inter_terms(
+        own: torch.Tensor, other: torch.Tensor, anchor_class: torch.Tensor, valid: torch.Tensor,
+        partner_present: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4, ``"inter"``: ``-log(e^{s(a, m_c(x))} / den(a))`` and ``-log(e^{s(a, m_c(x'))} / den(a))``,
+        with ``den(a)`` summed over the class means of both images; the second only when ``c`` is in ``x'``.
+
+        Args:
+            own: ``[R, A, K]`` similarities with the anchor image's class means.
+            other: ``[R, A, K]`` similarities with the partner's class means.
+            anchor_class: ``[R, A]`` the anchor's class as a position in the candidate classes.
+            valid: ``[R, A]`` which anchors give terms.
+            partner_present: ``[R, K]`` which classes the partner holds.
+
+        Returns:
+            ``terms [R, A, 2]`` (own-image term, partner term) and ``exists [R, A, 2]``.
+        """
+        c = anchor_class.clamp_min(0)
+        log_den = torch.logsumexp(torch.cat([own, other], dim=-1), dim=-1)
+        partner_term = valid & partner_present.gather(1, c)
+        own_positive = own.gather(-1, c[..., None])[..., 0]
+        partner_positive = torch.where(partner_term, other.gather(-1, c[..., None])[..., 0], 0.0)
+        terms = torch.stack([log_den - own_positive, log_den - partner_positive], dim=-1)
+        return terms, torch.stack([valid, partner_term], dim=-1)
+
+    def _reduce(self, terms: torch.Tensor, exists: torch.Tensor) -> torch.Tensor:
+        """Step 5: the terms that exist, as the 1D tensor (``"none"``), their sum or their mean (0 when none)."""
         if self.reduction == LossReduction.NONE.value:
-            return terms[term_valid]
-        total = torch.where(term_valid, terms, torch.zeros_like(terms)).sum()
+            return terms[exists]
+        total = torch.where(exists, terms, torch.zeros_like(terms)).sum()
         if self.reduction == LossReduction.SUM.value:
             return total
-        return total / term_valid.sum().clamp_min(1)
+        return total / exists.sum().clamp_min(1)

@@ -204,11 +204,6 @@ class ContrastiveHeadUNet(nn.Module):
         features = self.backbone(x)
         return self.seg_head(features), self.contrastive_head(features)
 
-    @torch.jit.export
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Contrastive embeddings only, ``[B, embedding_dim, H, W]`` (used for t-SNE figures)."""
-        return self.contrastive_head(self.backbone(x))
-
 
 class TrainForward(nn.Module):
     """``forward`` = ``network.forward_train``: the view to wrap in ``DistributedDataParallel``.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from ignite.engine import Events
 from monai.losses import DiceLoss
@@ -62,19 +65,24 @@ def make_trainer(total: int = 12, warmup: int = 6, lambda_cont: float = 0.1, see
 
 def test_phases_losses_and_refreshes() -> None:
     trainer, refresh, _ = make_trainer()
-    outputs: list[tuple[int, str, set[str]]] = []
+    records: list[tuple[str, dict[str, float]]] = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
-        lambda e: outputs.append((e.state.iteration, e.phase(), set(e.state.output))),
+        lambda e: records.append((e.phase(), {k: float(v) for k, v in e.state.output.items()})),
     )
     trainer.run()
-    assert [o[1] for o in outputs] == ["warmup"] * 6 + ["joint"] * 6
-    assert all("cont_loss" not in o[2] for o in outputs[:6])  # warm-up: Dice only
-    assert all("cont_loss" in o[2] for o in outputs[6:])  # joint: Dice + lambda * contrastive
+    assert [phase for phase, _ in records] == ["warmup"] * 6 + ["joint"] * 6
     assert [int(r["iteration"]) for r in refresh.history] == [7, 10]  # start of the joint phase, then every P=3
     assert trainer.joint_started
-    for o in outputs:
-        assert torch.isfinite(trainer.state.output["loss"])
+    for phase, out in records:
+        assert all(math.isfinite(v) for v in out.values()), out
+        if phase == "warmup":  # Dice only
+            assert "cont_loss" not in out and out["loss"] == pytest.approx(out["seg_loss"], abs=1e-6)
+        else:  # Dice + lambda * contrastive
+            assert out["loss"] == pytest.approx(out["seg_loss"] + 0.1 * out["cont_loss"], abs=1e-5)
+    # the warm-up learns the toy segmentation: its Dice loss falls within the six iterations
+    warmup = [out["seg_loss"] for _, out in records[:6]]
+    assert sum(warmup[3:]) < 0.75 * sum(warmup[:3]), warmup
 
 
 def test_joint_batch_uses_current_pseudo_labels() -> None:
@@ -114,10 +122,22 @@ def test_joint_phase_starts_from_best_warmup_weights() -> None:
     assert trainer.optimizer.state  # Adam state rebuilt after the reset
 
 
-def test_self_training_variant_uses_pseudo_labels_in_dice_without_contrastive() -> None:
-    trainer, _, _ = make_trainer(lambda_cont=0.0, pseudo_in_seg=True)
+@pytest.mark.parametrize("pseudo_in_seg", [True, False])
+def test_self_training_variant_uses_pseudo_labels_in_dice_without_contrastive(pseudo_in_seg) -> None:
+    trainer, _, _ = make_trainer(lambda_cont=0.0, pseudo_in_seg=pseudo_in_seg)
+    seg_batches: list[tuple[str, int]] = []
+    original = trainer.seg_loss
+
+    def spy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seg_batches.append((trainer.phase(), labels.shape[0]))
+        return original(logits, labels)
+
+    trainer.seg_loss = spy
     trainer.run()
     assert "cont_loss" not in trainer.state.output
+    # warm-up: the 4 labeled slices; joint: the 2 labeled ones, plus the 2 pseudo-labeled ones in self-training
+    joint = 4 if pseudo_in_seg else 2
+    assert seg_batches == [("warmup", 4)] * 6 + [("joint", joint)] * 6
 
 
 def _final_weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -180,8 +200,6 @@ def test_two_step_variant_pretrains_contrastively_then_finetunes() -> None:
 
 
 def test_schedule_longer_than_run_is_rejected() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="exceed"):
         make_trainer(total=6, warmup=6, finetune_iterations=3)
 

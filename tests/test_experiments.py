@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -294,10 +293,8 @@ def test_harness_end_to_end_and_resume(phantom, tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in watched]
 
     buffer = io.StringIO()
-    start = time.perf_counter()
     with contextlib.redirect_stdout(buffer):
         again = run_experiment(BUNDLES["acdc"], "tr1", ["c1"], ["self_training", "plc_inter"], phantom, out, **kwargs)
-    assert time.perf_counter() - start < 20
     second_log = buffer.getvalue()
     assert second_log.count("finished earlier") == 2 and ": training" not in second_log
     assert [p.stat().st_mtime_ns for p in watched] == mtimes

@@ -150,7 +150,8 @@ def test_writes_pseudo_labels_as_nifti(tmp_path) -> None:
     vol = nib.load(tmp_path / "round_1" / "b.nii.gz").get_fdata()
     assert vol.shape == (16, 16, 3)
     torch.testing.assert_close(torch.from_numpy(vol).permute(2, 0, 1).to(torch.uint8), store.labels[3:])
-    assert not [p for p in (tmp_path / "round_1").iterdir() if p.name.startswith("tmp")]
+    # one file per volume and nothing else: no temporary file of the atomic writes is left behind
+    assert sorted(p.name for p in (tmp_path / "round_1").iterdir()) == ["a.nii.gz", "b.nii.gz"]
 
 
 def test_argument_validation() -> None:

@@ -1,4 +1,4 @@
-"""benchmarks/loss_speed.py at a tiny size on CPU: it runs both implementations and records which loss path ran."""
+"""benchmarks/loss_speed.py at a tiny size on CPU: it runs both implementations and writes what it measured."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
-
-from plc_monai.native import class_kernels_status  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_modules import load_benchmark  # noqa: E402
 
 
-@pytest.mark.parametrize("kernels", ["on", "off"])
-def test_tiny_run_writes_results_and_the_path_taken(tmp_path, kernels) -> None:
+def test_tiny_run_writes_results(tmp_path) -> None:
     out = tmp_path / "loss_speed.json"
     args = ["--device", "cpu", "--batch", "4", "--size", "16", "--repeats", "2", "--loop-repeats", "1",
-            "--warmup", "1", "--matching", "intra", "inter", "--native-kernels", kernels, "--out", str(out)]
+            "--warmup", "1", "--matching", "intra", "inter", "--out", str(out)]
     payload = load_benchmark("loss_speed").main(args)
     assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
     assert payload["problem"] == {"batch": 4, "dim": 16, "spatial": [16, 16], "classes": 4, "num_samples": 3}
@@ -29,7 +24,4 @@ def test_tiny_run_writes_results_and_the_path_taken(tmp_path, kernels) -> None:
         assert r["vectorised_runs"] == 4 and r["loop_runs"] == 1
         assert math.isclose(r["speedup_median"], r["loop_ms_median"] / r["vectorised_ms_median"])
         assert 0 < r["vectorised_ms_min"] <= r["vectorised_ms_median"]
-    used = kernels == "on" and class_kernels_status()["available"]
-    assert payload["native_kernels"]["used"] == used
-    assert {r["class_sums"] for r in payload["results"]} == {"native" if used else "pytorch"}
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp"))  # pathlib matches the hidden temp names of atomic_files too

@@ -99,6 +99,25 @@ def test_sampled_anchors_match_reference(matching, space, num_classes, include_b
         torch.testing.assert_close(feats_vec.grad, feats_ref.grad, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("matching", ["intra", "inter"])
+@pytest.mark.parametrize("num_samples", [3, None])
+def test_float32_over_several_pixel_blocks_matches_reference(matching, num_samples):
+    """float32 features on an image of several anchor-search blocks plus padding (40 x 37 pixels); with every
+    pixel an anchor the similarities take the batched-GEMM branch. Terms and gradients against the loop in float64."""
+    features, labels = _inputs(2, 6, (40, 37), 4, seed=11, dtype=torch.float32)
+    loss = PixelContrastiveLoss(4, matching=matching, num_samples=num_samples, reduction="none")
+    anchors = None if num_samples is None else _reference_anchors(loss, labels, seed=5)
+    feats = features.clone().requires_grad_(True)
+    terms = loss(feats, labels, generator=torch.Generator().manual_seed(5))
+    assert terms.dtype == torch.float32
+    terms.mean().backward()
+    feats_ref = features.double().requires_grad_(True)
+    ref = torch.stack(reference_terms(feats_ref, labels[:, 0], 4, matching=matching, anchors=anchors))
+    ref.mean().backward()
+    torch.testing.assert_close(terms.sort().values.double(), ref.sort().values.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feats.grad.double(), feats_ref.grad, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("num_samples", [None, 4])
 def test_explicit_pairs_match_reference(num_samples):
     features, labels = _inputs(5, 4, (6, 6), 4, seed=3)

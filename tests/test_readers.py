@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from plc_monai.data import validation
 from plc_monai.data.readers import (
     DatasetLayoutError,
     DatasetNotFoundError,
@@ -259,13 +259,21 @@ def test_validate_entry_direct(tmp_path):
         validate_entry({"image": str(tmp_path / "gone.nii.gz"), "id": "g"}, None)
 
 
-def test_validation_speed_100_volumes(tmp_path):
+def test_validation_reads_each_file_once(tmp_path, monkeypatch):
+    """Validating a folder costs one read per file: 100 volumes, 200 files, 200 reads."""
     root = make_mmwhs(tmp_path, cases=range(1001, 1101))
-    start = time.perf_counter()
+    reads: list[str] = []
+    load_volume = validation.load_volume
+
+    def counting(path: str):
+        reads.append(path)
+        return load_volume(path)
+
+    monkeypatch.setattr(validation, "load_volume", counting)
     entries = read_mmwhs(root)
-    elapsed = time.perf_counter() - start
     assert len(entries) == 100
-    assert elapsed < 10.0, f"validating 100 small pairs took {elapsed:.2f} s"
+    files = sorted(str(p.resolve()) for p in root.rglob("*.nii.gz"))
+    assert len(files) == 200 and sorted(str(Path(r).resolve()) for r in reads) == files
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -252,14 +251,11 @@ def test_n4_reduces_bias_and_disabled_is_identity(itk_loaded):
     img, region = _biased_phantom()
     data = {"image": MetaTensor(torch.from_numpy(img)[None], affine=torch.from_numpy(_affine((1.5, 1.5, 10.0))))}
     cv = lambda a: float(a[region].std() / a[region].mean())  # noqa: E731
-    t0 = time.perf_counter()
     out = T.N4BiasFieldCorrectiond("image")(data)["image"]
-    elapsed = time.perf_counter() - t0
     assert isinstance(out, MetaTensor) and out.shape == (1, *img.shape) and out.dtype == torch.float32
     torch.testing.assert_close(out.affine, data["image"].affine)
     after = out[0].numpy()
     assert cv(after) < 0.35 * cv(img), (cv(img), cv(after))
-    assert elapsed < 10.0, f"N4 took {elapsed:.1f} s"
     same = T.N4BiasFieldCorrectiond("image", enabled=False)(data)["image"]
     assert same is data["image"]
 
@@ -520,12 +516,9 @@ def test_real_n4_on_acdc_volume(itk_loaded):
     chain = bundle_chain("acdc", "inference", n4=True)
     n4 = position(chain, T.N4BiasFieldCorrectiond)
     load = Compose(chain.transforms[:n4])(entry)  # load, channel first, channel select, slice axis last
-    t0 = time.perf_counter()
     out = chain.transforms[n4](dict(load))["image"]
-    elapsed = time.perf_counter() - t0
     assert out.shape == load["image"].shape and torch.isfinite(out).all()
     assert not torch.allclose(out, load["image"])
-    assert elapsed < 10.0, f"N4 on a {tuple(out.shape)} ACDC volume took {elapsed:.1f} s"
 
 
 def test_prepare_fills_the_bundles_cache_once(tmp_path, capsys):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from plc_monai.data.readers import load_volume
+from plc_monai.data.validation import load_volume
 
 __all__ = ["list_inference_inputs", "InferenceInputError"]
 

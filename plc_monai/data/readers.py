@@ -9,9 +9,10 @@ Two kinds of checks run:
 
 * layout checks (always, they only list folders): the folder exists, holds the expected layout and
   not another dataset's, every image has its label and every label its image;
-* volume checks (``validate=True``, the default; :func:`validate_entry`): each file reads (no
-  truncated gzip), images are 3D (prostate: 4D with the channel last), image and label agree in
-  shape and affine, label values belong to the dataset, images are finite and not constant.
+* volume checks (``validate=True``, the default; :func:`plc_monai.data.validation.validate_entry`, also
+  importable from here): each file reads (no truncated gzip), images are 3D (prostate: 4D with the
+  channel last), image and label agree in shape and affine, label values belong to the dataset, images
+  are finite and not constant.
 
 All problems of a folder are gathered and raised together in one :class:`DatasetLayoutError` (when
 any layout problem exists) or :class:`VolumeValidationError`, so one bad file does not hide others.
@@ -19,23 +20,23 @@ any layout problem exists) or :class:`VolumeValidationError`, so one bad file do
 
 from __future__ import annotations
 
-import gzip
 import inspect
 import json
 import os
 import re
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError, ImageDataError
-
 from plc_monai.data.specs import ACDC, MMWHS, PROSTATE, DatasetSpec
+from plc_monai.data.validation import (
+    VolumeValidationError,
+    allowed_label_values,
+    load_volume,
+    validate_datalist,
+    validate_entry,
+)
 
 __all__ = [
     "DatasetLayoutError",
@@ -55,6 +56,7 @@ __all__ = [
     "validate_datalist",
     "allowed_label_values",
     "alias_classes",
+    "load_volume",
 ]
 
 
@@ -64,10 +66,6 @@ class DatasetLayoutError(ValueError):
 
 class DatasetNotFoundError(DatasetLayoutError, FileNotFoundError):
     """The dataset folder does not exist (also a :class:`FileNotFoundError`)."""
-
-
-class VolumeValidationError(ValueError):
-    """One or more volumes cannot be read or break the dataset's expectations."""
 
 
 ACDC_LAYOUT = (
@@ -97,18 +95,6 @@ atrium class (see :func:`alias_classes`); pass ``extra_label_aliases={}`` to rej
 """
 
 _NIFTI_EXTS = (".nii.gz", ".nii")
-_READ_ERRORS = (
-    ImageFileError,
-    HeaderDataError,
-    ImageDataError,
-    OSError,  # includes gzip.BadGzipFile
-    EOFError,  # truncated gzip stream
-    zlib.error,
-    ValueError,
-    MemoryError,  # a corrupted header announcing a huge array
-)
-_AFFINE_ATOL = 1e-3
-
 _ACDC_PATIENT = re.compile(r"^patient(\d{3})$")
 _ACDC_FRAME = re.compile(r"^patient(\d{3})_frame(\d{2})(_gt)?\.nii\.gz$")
 _MSD_CASE = re.compile(r"^prostate_(\d+)\.nii\.gz$")
@@ -188,30 +174,6 @@ def _raise_problems(root: Path, layout_problems: list[str], volume_problems: lis
     raise VolumeValidationError(f"{len(problems)} invalid volume(s) in dataset folder {_abs(root)}:\n{body}")
 
 
-# ------------------------------------------------------------------------------------------------
-# volume validation
-# ------------------------------------------------------------------------------------------------
-
-
-def allowed_label_values(
-    spec: DatasetSpec | None, label_aliases: Iterable[Sequence[int]] | Mapping[int, int] | None = None
-) -> tuple[int, ...] | None:
-    """Raw label values a dataset's label files may hold.
-
-    Args:
-        spec: the dataset's description; ``None`` means "any value".
-        label_aliases: extra raw values read as another raw value, as ``{raw: target}`` or
-            ``[[raw, target], ...]`` (the form stored in datalist entries).
-
-    Returns:
-        The sorted allowed values, or ``None`` when ``spec`` is ``None``.
-    """
-    if spec is None:
-        return None
-    pairs = label_aliases.items() if isinstance(label_aliases, Mapping) else (label_aliases or ())
-    return tuple(sorted(set(spec.raw_label_values) | {int(raw) for raw, _ in pairs}))
-
-
 def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Mapping[int, int]) -> dict[int, int]:
     """Turn raw-to-raw label aliases into ``{raw value: class index}``.
 
@@ -234,181 +196,6 @@ def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Ma
             raise ValueError(f"label alias {raw} -> {target}: {target} is not a {spec.name} label value {known}")
         out[int(raw)] = spec.label_map[int(target)]
     return out
-
-
-def _nifti_from_gzip(path: str) -> Any:
-    """Decompress a whole ``.nii.gz`` at once (so the gzip CRC and length are checked) and parse it."""
-    raw = gzip.decompress(Path(path).read_bytes())
-    header_size = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-    if 348 in header_size:
-        return nib.Nifti1Image.from_bytes(raw)
-    if 540 in header_size:
-        return nib.Nifti2Image.from_bytes(raw)
-    raise ImageFileError("no NIfTI-1 or NIfTI-2 header after decompression")
-
-
-def load_volume(path: str) -> tuple[Any, np.ndarray]:
-    """Read header and voxels of one file; ``ValueError`` naming the file when it cannot be read.
-
-    ``.nii.gz`` files are decompressed in full, which verifies the gzip checksum: a corrupted
-    download is caught even when the damaged bytes still decompress.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: file does not exist")
-    try:
-        img = _nifti_from_gzip(path) if path.endswith(".gz") else nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except _READ_ERRORS as err:
-        raise ValueError(
-            f"{path}: cannot read the file, it is truncated or not a valid NIfTI ({type(err).__name__}: {err})"
-        ) from err
-    return img, data
-
-
-def _present_values(data: np.ndarray) -> np.ndarray:
-    """Distinct values of a label array (bincount for small non-negative integers, else ``np.unique``)."""
-    if data.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
-        flat = data.ravel()
-        lo = int(flat.min())
-        if lo >= 0:
-            return np.flatnonzero(np.bincount(flat.astype(np.intp, copy=False)))
-    return np.unique(data)
-
-
-def _image_problems(path: str, data: np.ndarray, channel: int | None) -> list[str]:
-    """Dimension, channel, finiteness and constancy problems of one image array."""
-    if channel is None and data.ndim != 3:
-        hint = " (a 4D cine or multi-channel file is not a single frame)" if data.ndim == 4 else ""
-        return [f"{path}: expected a 3D volume, got shape {tuple(data.shape)}{hint}"]
-    if channel is not None and data.ndim != 4:
-        shape = tuple(data.shape)
-        return [f"{path}: expected a 4D volume [X, Y, Z, channel] to select channel {channel}, got shape {shape}"]
-    if channel is not None and not 0 <= channel < data.shape[3]:
-        return [f"{path}: channel {channel} requested but the file has {data.shape[3]} channel(s)"]
-    used = data if channel is None else data[..., channel]
-    if used.size == 0:
-        return [f"{path}: image has no voxels (shape {tuple(data.shape)})"]
-    if used.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(used)))
-        if bad:
-            return [f"{path}: {bad} NaN/Inf voxel(s); expected finite intensities"]
-    lo, hi = used.min(), used.max()
-    if lo == hi:
-        what = "image" if channel is None else f"channel {channel}"
-        return [f"{path}: constant {what} (every voxel = {lo}); expected an MR volume"]
-    return []
-
-
-def _label_problems(
-    path: str,
-    lab: Any,
-    data: np.ndarray,
-    image_path: str,
-    image: Any | None,
-    spatial_shape: tuple[int, ...] | None,
-    allowed: tuple[int, ...] | None,
-) -> list[str]:
-    """Dimension, shape, affine and value problems of one label array against its image."""
-    problems = []
-    if data.ndim != 3:
-        problems.append(f"{path}: expected a 3D label volume, got shape {tuple(data.shape)}")
-    elif spatial_shape is not None and tuple(data.shape) != spatial_shape:
-        problems.append(
-            f"{path}: label shape {tuple(data.shape)} differs from image shape {spatial_shape} of {image_path}"
-        )
-    if image is not None and not np.allclose(lab.affine, image.affine, atol=_AFFINE_ATOL):
-        diff = float(np.abs(lab.affine - image.affine).max())
-        problems.append(
-            f"{path}: label affine differs from the affine of {image_path} (max difference {diff:.4g} > {_AFFINE_ATOL})"
-        )
-    if allowed is not None and data.size:
-        present = _present_values(data)
-        bad = present[~np.isin(present, np.asarray(allowed))]
-        if bad.size:
-            shown = ", ".join(f"{v:g}" for v in bad[:10].tolist())
-            more = f" and {bad.size - 10} more" if bad.size > 10 else ""
-            problems.append(f"{path}: unexpected label value(s) {shown}{more}; expected values in {list(allowed)}")
-    return problems
-
-
-def validate_entry(
-    entry: Mapping[str, Any],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
-) -> None:
-    """Check one datalist entry's image (and label) files.
-
-    Each file is read once. The image must be 3D, or 4D ``[X, Y, Z, C]`` when the entry has a
-    ``channel`` key (MSD prostate), with ``0 <= channel < C``; the used image channel must be finite
-    and not constant. The label must be 3D with the image's spatial shape, an affine equal to the
-    image's within 1e-3, and only values from ``label_values`` (default: the spec's raw values plus
-    the entry's ``raw_label_aliases``).
-
-    Args:
-        entry: a dict with ``image`` and optionally ``label`` paths, ``id``, ``channel``,
-            ``raw_label_aliases`` (``[[raw, target], ...]``).
-        spec: the dataset's description, for the allowed label values; ``None`` skips the value
-            check unless ``label_values`` is given.
-        label_values: explicit allowed label values; overrides ``spec``.
-
-    Raises:
-        VolumeValidationError: naming the file(s) and everything found wrong with this entry.
-    """
-    problems: list[str] = []
-    image_path = str(entry["image"])
-    channel = None if entry.get("channel") is None else int(entry["channel"])
-    image, spatial_shape = None, None
-    try:
-        image, data = load_volume(image_path)
-    except ValueError as err:
-        problems.append(str(err))
-    else:
-        problems += _image_problems(image_path, data, channel)
-        if data.ndim == (3 if channel is None else 4):
-            spatial_shape = tuple(data.shape[:3])
-    if entry.get("label") is not None:
-        label_path = str(entry["label"])
-        if label_values is not None:
-            allowed = tuple(sorted({int(v) for v in label_values}))
-        else:
-            allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
-        try:
-            lab, lab_data = load_volume(label_path)
-        except ValueError as err:
-            problems.append(str(err))
-        else:
-            problems += _label_problems(label_path, lab, lab_data, image_path, image, spatial_shape, allowed)
-    if problems:
-        raise VolumeValidationError(f"case {entry.get('id', image_path)}: " + "; ".join(problems))
-
-
-def validate_datalist(
-    datalist: Sequence[Mapping[str, Any]],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
-) -> list[str]:
-    """Run :func:`validate_entry` on every entry and collect the messages.
-
-    Args:
-        datalist: entries as produced by the readers.
-        spec: the dataset's description (allowed label values); ``None`` skips the value check.
-        label_values: explicit allowed label values; overrides ``spec``.
-
-    Returns:
-        One message per bad entry (empty when all are valid).
-    """
-    values = None if label_values is None else tuple(label_values)
-    problems = []
-    for entry in datalist:
-        try:
-            validate_entry(entry, spec, label_values=values)
-        except VolumeValidationError as err:
-            problems.append(str(err))
-    return problems
 
 
 # ------------------------------------------------------------------------------------------------

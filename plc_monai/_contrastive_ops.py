@@ -1,0 +1,178 @@
+"""The speed plumbing of :class:`plc_monai.losses.PixelContrastiveLoss`; nothing here is part of the method.
+
+- :func:`padded_labels` and :func:`class_masks`: class ids as floats padded to whole blocks of pixels, and
+  the candidate classes' one-hot masks with their pixel counts per block.
+- :func:`draw_pixels`: uniform draws with replacement among the pixels of each class, located block-wise
+  so that no running count ever spans a whole image.
+- :func:`class_sums_and_anchor_features`: per-class feature sums and the anchors' features from one
+  tensor, with a backward that writes both gradients into a single buffer.
+- :func:`cosine_logits`: anchor-to-mean dot products, by broadcasting for a handful of anchors and by a
+  batched GEMM for many.
+
+All shapes use ``B`` images, ``D`` embedding channels, ``N`` pixels (``N_pad`` after padding), ``K``
+candidate classes, ``R`` anchor roles and ``A`` anchors per role.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["BLOCK", "padded_labels", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
+
+#: pixels per block in the two-step search of :func:`draw_pixels`
+BLOCK = 256
+
+#: up to this many (anchor, class) similarities per role, broadcasting beats a batched GEMM launch on a CPU
+_BROADCAST_MAX = 4096
+
+
+def padded_labels(class_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Class ids as floats, padded with -1 to a whole number of blocks of pixels.
+
+    Args:
+        class_ids: ``[B, N]`` long class ids.
+        dtype: float dtype of the result (that of the features' arithmetic).
+
+    Returns:
+        ``labels [B, N_pad]`` in ``dtype`` (``N_pad`` is ``N`` rounded up to a multiple of the block size;
+        ``labels[:, :N]`` are the ids and ``-1`` matches no class) and the block size (at most :data:`BLOCK`).
+    """
+    batch, n_pixels = class_ids.shape
+    block = max(1, min(BLOCK, n_pixels))
+    n_pad = -(-n_pixels // block) * block
+    if n_pad == n_pixels:
+        return class_ids.to(dtype), block
+    labels = torch.full((batch, n_pad), -1, dtype=dtype, device=class_ids.device)
+    labels[:, :n_pixels] = class_ids
+    return labels, block
+
+
+def class_masks(labels: torch.Tensor, classes: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot masks of the candidate classes and their pixel counts per block of pixels.
+
+    Args:
+        labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
+        classes: ``[K]`` candidate class ids in the dtype of ``labels``.
+        block: pixels per block (``N_pad`` is a multiple of it).
+
+    Returns:
+        ``masks [B, K, N_pad]`` in the dtype of ``labels`` (zero in the padding) and
+        ``per_block [B, K, N_pad / block]`` long.
+    """
+    batch, n_pad = labels.shape
+    # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
+    # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
+    masks = torch.empty((batch, classes.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
+    torch.eq(labels[:, None, :], classes[None, :, None], out=masks)
+    # float sums of at most BLOCK ones are exact
+    per_block = masks.view(batch, classes.shape[0], n_pad // block, block).sum(dim=-1).long()
+    return masks, per_block
+
+
+def draw_pixels(
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    per_block: torch.Tensor,
+    n_pixels: int,
+    anchor_image: torch.Tensor,
+    num_samples: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``num_samples`` pixels per (role, candidate class), uniformly with replacement.
+
+    The rank of each draw within its class is ``floor(u * count)`` with ``u ~ U[0, 1)`` (one ``torch.rand``
+    call of shape ``[R, K, S]``, float64), and the drawn pixel is the one of that rank in row-major order.
+    It is located in two steps that never scan the whole image: the block that holds it (``searchsorted``
+    over cumulative block counts, ``[R, K, nb]``), then the position inside that block (a running count
+    over the pixels of that block only). A single running count over all ``B * K * N`` mask values would
+    cost more than the rest of the loss on a CPU.
+
+    Args:
+        labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
+        classes: ``[K]`` candidate class ids in the dtype of ``labels``.
+        per_block: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
+        n_pixels: ``N``, the number of real (unpadded) pixels.
+        anchor_image: ``[R]`` batch index of the anchor image of each role.
+        num_samples: ``S``, draws per (role, class).
+        generator: random generator (its own device), or None for the global RNG.
+
+    Returns:
+        ``pixels [R, K, S]`` flat pixel indices and ``present [R, K]``, True where the class has pixels in
+        the anchor image (elsewhere ``pixels`` is meaningless).
+    """
+    n_roles, n_classes = anchor_image.shape[0], per_block.shape[1]
+    n_blocks, block = per_block.shape[2], labels.shape[1] // per_block.shape[2]
+    image_blocks = per_block[anchor_image]  # [R, K, nb]
+    cum_blocks = image_blocks.cumsum(dim=-1)  # inclusive
+    count = cum_blocks[..., -1]  # [R, K]
+    gen_device = generator.device if generator is not None else labels.device
+    u = torch.rand((n_roles, n_classes, num_samples), generator=generator, device=gen_device, dtype=torch.float64)
+    u = u.to(labels.device)
+    rank = torch.minimum((u * count[..., None]).long(), (count[..., None] - 1).clamp_min(0))  # [R, K, S]
+    # the block holding the (rank+1)-th pixel: the first whose cumulative count exceeds rank
+    blk = torch.searchsorted(cum_blocks, rank, right=True).clamp_max(n_blocks - 1)
+    within = rank - (cum_blocks.gather(-1, blk) - image_blocks.gather(-1, blk))  # rank inside the block
+    start = (anchor_image * labels.shape[1])[:, None, None] + blk * block  # [R, K, S]
+    window = labels.reshape(-1)[start[..., None] + torch.arange(block, device=labels.device)]  # [R, K, S, L]
+    match = window == classes[None, :, None, None]
+    # the index of the (within+1)-th match is the number of positions whose running count is still <= within
+    offset = (match.cumsum(dim=-1) <= within[..., None]).sum(dim=-1)
+    pixels = (blk * block + offset).clamp(0, n_pixels - 1)
+    return pixels, count > 0
+
+
+class _ClassSumsAndAnchorFeatures(torch.autograd.Function):
+    """See :func:`class_sums_and_anchor_features`."""
+
+    @staticmethod
+    def forward(ctx, features, masks, anchor_image, pixels):  # type: ignore[override]
+        # [B, K, N] @ [B, N, D] (a transposed view) is faster on CPU than [B, D, N] @ [B, N, K]
+        sums = torch.bmm(masks, features.transpose(1, 2)).transpose(1, 2)  # [B, D, K]
+        anchor_features = features[anchor_image[:, None], :, pixels]  # [R, A, D]
+        ctx.save_for_backward(masks, anchor_image, pixels)
+        return sums, anchor_features
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_sums, grad_anchor_features):  # type: ignore[override]
+        masks, anchor_image, pixels = ctx.saved_tensors
+        grad = torch.bmm(grad_sums.contiguous(), masks)  # [B, D, N]
+        index = (anchor_image[:, None].expand_as(pixels), pixels)
+        grad.transpose(1, 2).index_put_(index, grad_anchor_features, accumulate=True)
+        return grad, None, None, None
+
+
+def class_sums_and_anchor_features(
+    features: torch.Tensor, masks: torch.Tensor, anchor_image: torch.Tensor, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class feature sums and the anchors' features, differentiable w.r.t. ``features``.
+
+    ``sums[b, :, k] = sum_n masks[b, k, n] * features[b, :, n]`` and
+    ``anchor_features[r, a, :] = features[anchor_image[r], :, pixels[r, a]]``. The backward writes both
+    gradients into one ``[B, D, N]`` buffer (the class-sum gradient broadcast to the pixels of each class,
+    then an in-place scatter-add of the anchor gradient). Plain autograd would allocate two full-size
+    buffers and add them, which costs more than the whole loss on a CPU.
+
+    Args:
+        features: ``[B, D, N]`` embeddings.
+        masks: ``[B, K, N]`` one-hot masks of the candidate classes, in the dtype of ``features``.
+        anchor_image: ``[R]`` batch index of each role's anchor image.
+        pixels: ``[R, A]`` flat pixel indices of the anchors.
+
+    Returns:
+        ``sums [B, D, K]`` and ``anchor_features [R, A, D]``.
+    """
+    return _ClassSumsAndAnchorFeatures.apply(features, masks, anchor_image, pixels)
+
+
+def cosine_logits(anchors: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Dot products of every anchor with every class mean of its role, ``[R, A, K]``.
+
+    Args:
+        anchors: ``[R, A, D]`` unit-norm anchor embeddings.
+        means: ``[R, K, D]`` unit-norm class means.
+    """
+    if anchors.shape[1] * means.shape[1] <= _BROADCAST_MAX:
+        # a handful of sampled anchors: broadcasting beats a batched GEMM launch on CPU by ~100x
+        return (anchors[:, :, None, :] * means[:, None, :, :]).sum(-1)
+    return torch.bmm(anchors, means.transpose(1, 2))
