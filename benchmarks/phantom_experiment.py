@@ -6,12 +6,15 @@ the demo's network size and schedule (``plc_monai.cli.DEMO_OVERRIDES``: crop 96 
 (8, 16, 32, 64, 64, 64), batch 8 with 4 labeled, 150 warm-up iterations, 2 rounds of 75), on the
 demo's field of view sampled at 64 x 64 (4.1 mm) instead of 96 x 96, one CPU thread per run. Writes
 the harness's tables and figures to ``--out``. Re-running the same command skips finished runs.
+``--parallel K`` runs K runs at once (local slots of the harness); with the same ``--threads`` each
+run computes the same numbers as with ``--parallel 1``.
 
 Phantom results say nothing about the real datasets: the phantoms are analytic shapes with noise.
 
 Usage::
 
     python benchmarks/phantom_experiment.py --out phantom_experiment --combos c1,c2,c3
+    python benchmarks/phantom_experiment.py --out phantom_k2 --combos c1,c2 --methods baseline,plc_inter --parallel 2
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from plc_monai.cli import DEMO_OVERRIDES, bundle_dir
 from plc_monai.data.phantom import write_phantom_dataset
 from plc_monai.experiments.harness import run_experiment
+from plc_monai.experiments.launch import LaunchOptions
+from plc_monai.experiments.runs import ExperimentSpec
 
 #: bundle ids of the benchmark: the demo's schedule and network, minus what the harness sets per run, on a
 #: 64 x 64 crop at 4.1 mm (the demo's 96 x 96 at 2.734 mm field of view with 2.25 times fewer pixels)
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the phantom data")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (1 avoids oversubscription)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (local slots)")
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
@@ -49,7 +55,7 @@ def main() -> None:
     if not (data / "PHANTOM_README.txt").is_file():
         write_phantom_dataset("acdc", data, num_subjects=args.num_subjects, seed=args.data_seed)
     start = time.perf_counter()
-    result = run_experiment(
+    spec = ExperimentSpec(
         bundle_dir("acdc"),
         "tr1",
         [c for c in args.combos.split(",") if c],
@@ -60,8 +66,8 @@ def main() -> None:
         seed=args.seed,
         overrides=BENCHMARK_OVERRIDES,
         device="cpu",
-        threads=args.threads,
     )
+    result = run_experiment(spec, LaunchOptions(parallel=args.parallel, threads=args.threads))
     print(f"benchmark finished in {time.perf_counter() - start:.0f} s; tables in {result['files']['markdown']}")
 
 
