@@ -20,11 +20,7 @@ reports it as ``mean_foreground_dice``.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +33,7 @@ from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from monai.utils import IgniteInfo, min_version, optional_import
 from plc_monai.atomic_files import atomic_write_text
+from plc_monai.reports import csv_text, format_mean_std, markdown_table, mean_std, write_json
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -355,24 +352,6 @@ def evaluate_volume(
 # ---------------------------------------------------------------------------------------------
 
 
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _mean_std(values: Sequence[float | None], ddof: int) -> tuple[float | None, float | None, int]:
-    """nan-aware mean and std over the defined (finite, not None) values, with their count."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return None, None, 0
-    std = float(np.std(arr, ddof=ddof)) if n > ddof else None
-    return float(np.mean(arr)), std, n
-
-
 def summarise(
     rows_by_volume: Mapping[str, Sequence[Mapping[str, Any]]],
     class_names: Sequence[str],
@@ -442,11 +421,11 @@ def summarise(
         defined = [r for r in rows if r["status"] != STATUS_ABSENT_IN_BOTH]
         ok = [r for r in rows if r["status"] == STATUS_OK]
         for key, source in (("dice", defined), ("hd95_mm", ok), ("asd_mm", ok)):
-            mean, std, n = _mean_std([_finite_or_none(r[key]) for r in source], ddof)
+            mean, std, n = mean_std([r[key] for r in source], ddof)
             entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_n"] = mean, std, n
         structures.append(entry)
 
-    mean, std, n = _mean_std(list(per_volume.values()), ddof)
+    mean, std, n = mean_std(list(per_volume.values()), ddof)
     return {
         "n_volumes": len(rows_by_volume),
         "std_ddof": ddof,
@@ -459,39 +438,6 @@ def summarise(
 # ---------------------------------------------------------------------------------------------
 # report files
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` next to ``path`` and rename it into place."""
-    atomic_write_text(path, text)
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return value
-
-
-def _fmt(mean: float | None, std: float | None, digits: int) -> str:
-    if mean is None:
-        return "n/a"
-    if std is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return _finite_or_none(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def write_reports(
@@ -533,19 +479,25 @@ def write_reports(
         "summary_md": out / f"{prefix}summary.md",
     }
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("volume", *ROW_FIELDS))
-    for vol, rows in rows_by_volume.items():
-        for row in rows:
-            writer.writerow([vol, *(_csv_cell(row.get(f)) for f in ROW_FIELDS)])
-    _write_text_atomic(paths["per_volume_csv"], buf.getvalue())
+    csv_rows = [[vol, *(row.get(f) for f in ROW_FIELDS)] for vol, rows in rows_by_volume.items() for row in rows]
+    atomic_write_text(paths["per_volume_csv"], csv_text(("volume", *ROW_FIELDS), csv_rows))
 
     payload = dict(summary)
     payload["per_volume"] = {str(v): [dict(r) for r in rows] for v, rows in rows_by_volume.items()}
-    _write_text_atomic(paths["summary_json"], json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n")
+    write_json(paths["summary_json"], payload)
 
     n_vol = summary.get("n_volumes", len(rows_by_volume))
+    table = [
+        [
+            s["structure"],
+            format_mean_std(s["dice_mean"], s["dice_std"], 3),
+            format_mean_std(s["hd95_mm_mean"], s["hd95_mm_std"], 2),
+            format_mean_std(s["asd_mm_mean"], s["asd_mm_std"], 2),
+            f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}",
+        ]
+        for s in summary["structures"]
+    ]
+    head = summary.get("mean_foreground_dice", {})
     lines = [
         f"# Segmentation metrics ({n_vol} volumes)",
         "",
@@ -553,23 +505,13 @@ def write_reports(
         "resolution) over volumes where it is in both; `missing` = in the reference but not predicted.",
         f"Mean ± std over volumes (std ddof={summary.get('std_ddof', 0)}).",
         "",
-        "| structure | Dice mean ± std | HD95 mm | ASD mm | missing |",
-        "|---|---|---|---|---|",
-    ]
-    for s in summary["structures"]:
-        lines.append(
-            f"| {s['structure']} | {_fmt(s['dice_mean'], s['dice_std'], 3)} "
-            f"| {_fmt(s['hd95_mm_mean'], s['hd95_mm_std'], 2)} | {_fmt(s['asd_mm_mean'], s['asd_mm_std'], 2)} "
-            f"| {s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']} |"
-        )
-    head = summary.get("mean_foreground_dice", {})
-    lines += [
+        *markdown_table(("structure", "Dice mean ± std", "HD95 mm", "ASD mm", "missing"), table),
         "",
         f"Mean foreground Dice per volume, averaged over {head.get('n', 0)} volumes: "
-        f"{_fmt(head.get('mean'), head.get('std'), 3)}",
+        f"{format_mean_std(head.get('mean'), head.get('std'), 3)}",
         "",
     ]
-    _write_text_atomic(paths["summary_md"], "\n".join(lines))
+    atomic_write_text(paths["summary_md"], "\n".join(lines))
     return paths
 
 
@@ -736,7 +678,7 @@ class VolumeMetricsWriter:
         head = self.summary["mean_foreground_dice"]
         self.logger.info(
             f"VolumeMetricsWriter: {len(self.rows_by_volume)} volumes, mean foreground Dice "
-            f"{_fmt(head['mean'], head['std'], 4)}, reports in {self.output_dir}"
+            f"{format_mean_std(head['mean'], head['std'], 4)}, reports in {self.output_dir}"
         )
         return self.report_paths
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from plc_monai.engines import SemiSupervisedTrainer
 from plc_monai.experiments import paper_results
 from plc_monai.experiments.figures import sample_pixels_per_class
 from plc_monai.experiments.harness import _as_list, aggregate, experiment, run_experiment
+from plc_monai.experiments.launch import LaunchOptions
 from plc_monai.experiments.round_models import RoundModelSaver, round_model_path
 from plc_monai.experiments.runs import (
+    ExperimentSpec,
     available_methods,
     bundle_command,
     bundle_parser,
@@ -76,8 +79,8 @@ def _tiny_run(method: str, phantom: Path, out: Path, cache: Path):
     """The harness's plan of one tiny run (method ids win over TINY, e.g. the baseline's num_rounds 0)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        (run,) = plan_runs(BUNDLES["acdc"], "tr1", ["c1"], [method], phantom, out, split="random", overrides=TINY,
-                           device="cpu", cache_dir=cache)
+        (run,) = plan_runs(ExperimentSpec(BUNDLES["acdc"], "tr1", ["c1"], [method], phantom, out, split="random",
+                                          overrides=TINY, device="cpu", cache_dir=cache))
     return run
 
 
@@ -198,8 +201,9 @@ def test_methods_train_through_the_bundle_entry_point(phantom, shared_cache, tmp
 
 def test_plan_runs_folders_seeds_and_method_precedence(phantom, tmp_path):
     with pytest.warns(UserWarning, match="self_training"):
-        runs = plan_runs(BUNDLES["acdc"], "tr1", ["c2", "7"], ["self_training", "plc_inter"], phantom, tmp_path,
-                         split="random", overrides={"lambda_cont": 1.0, "crop_size": 32}, device="cpu")
+        runs = plan_runs(ExperimentSpec(BUNDLES["acdc"], "tr1", ["c2", "7"], ["self_training", "plc_inter"], phantom,
+                                        tmp_path, split="random", overrides={"lambda_cont": 1.0, "crop_size": 32},
+                                        device="cpu"))
     assert [r.name for r in runs] == ["self_training/c2", "self_training/7", "plc_inter/c2", "plc_inter/7"]
     assert len({r.settings["output_dir"] for r in runs}) == 4
     assert {r.settings["cache_dir"] for r in runs} == {str(tmp_path.resolve() / "cache")}
@@ -207,12 +211,17 @@ def test_plan_runs_folders_seeds_and_method_precedence(phantom, tmp_path):
     st, plc = runs[0], runs[2]
     assert "lambda_cont" not in st.settings and st.dropped == {"lambda_cont": 1.0}
     assert plc.settings["lambda_cont"] == 1.0 and plc.settings["crop_size"] == 32 == st.settings["crop_size"]
-    paper = plan_runs(BUNDLES["acdc"], "tr2", ["c3"], ["baseline"], phantom, tmp_path)
-    assert paper[0].settings["combo"] == "c3" and "split_seed" not in paper[0].settings
+    paper = plan_runs(ExperimentSpec(BUNDLES["acdc"], "tr2", ["c3"], ["baseline"], phantom, tmp_path))
+    assert paper[0].settings["combo"] == "c3" and paper[0].settings["split"] == "paper"
+    assert "split_seed" not in paper[0].settings
     with pytest.raises(ValueError, match="output_dir"):
-        plan_runs(BUNDLES["acdc"], "tr1", ["c1"], ["baseline"], phantom, tmp_path, overrides={"output_dir": "x"})
+        ExperimentSpec(BUNDLES["acdc"], "tr1", ["c1"], ["baseline"], phantom, tmp_path, overrides={"output_dir": "x"})
     with pytest.raises(FileNotFoundError):
-        plan_runs(BUNDLES["acdc"], "tr1", ["c1"], ["baseline"], tmp_path / "missing", tmp_path)
+        ExperimentSpec(BUNDLES["acdc"], "tr1", ["c1"], ["baseline"], tmp_path / "missing", tmp_path)
+    with pytest.raises(FileNotFoundError, match="available"):
+        ExperimentSpec(BUNDLES["acdc"], "tr1", ["c1"], ["no_such_method"], phantom, tmp_path)
+    with pytest.raises(ValueError, match="split seed"):
+        ExperimentSpec(BUNDLES["acdc"], "tr1", ["first"], ["baseline"], phantom, tmp_path, split="random")
     with pytest.raises(ValueError, match="split seed"):
         combo_split_seed("first")
     with pytest.raises(ValueError, match="dataset_dir"):
@@ -268,12 +277,20 @@ def test_paper_values_and_aggregate():
 @pytest.mark.slow
 def test_harness_end_to_end_and_resume(phantom, tmp_path):
     out = tmp_path / "experiment"
-    kwargs = dict(split="random", overrides=TINY, device="cpu", threads=1)
+    spec = ExperimentSpec(BUNDLES["acdc"], "tr1", ["c1"], ["self_training", "plc_inter"], phantom, out, split="random",
+                          overrides=TINY, device="cpu")
+    launch = LaunchOptions(parallel=2, threads=1)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        result = run_experiment(BUNDLES["acdc"], "tr1", ["c1"], ["self_training", "plc_inter"], phantom, out, **kwargs)
+        result = run_experiment(spec, launch)
     first_log = buffer.getvalue()
-    assert "[1/2] self_training/c1: training" in first_log and "[2/2] plc_inter/c1: done" in first_log
+    # two slots: both runs start at once, each in its own worker process
+    assert re.search(r"\[0/2 done, 1 running, 0 failed \| elapsed [0-9:]+ \| ETA unknown\] self_training/c1: started "
+                     r"\(threads 1\)", first_log)
+    assert re.search(r"\[0/2 done, 2 running, 0 failed \| elapsed [0-9:]+ \| ETA unknown\] plc_inter/c1: started", first_log)
+    assert "    self_training/c1 | training\n" in first_log and "    plc_inter/c1 | training\n" in first_log
+    assert re.search(r"\[1/2 done, 1 running, 0 failed \| elapsed [0-9:]+ \| ETA [0-9:]+\] \S+/c1: finished in", first_log)
+    assert re.search(r"\[2/2 done, 0 running, 0 failed .*\] \S+/c1: finished in", first_log)
     for name in ("results.md", "results.csv", "runs.csv", "results.json"):
         assert (out / name).is_file()
     table = (out / "results.md").read_text()
@@ -294,9 +311,9 @@ def test_harness_end_to_end_and_resume(phantom, tmp_path):
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        again = run_experiment(BUNDLES["acdc"], "tr1", ["c1"], ["self_training", "plc_inter"], phantom, out, **kwargs)
+        again = run_experiment(spec, launch)
     second_log = buffer.getvalue()
-    assert second_log.count("finished earlier") == 2 and ": training" not in second_log
+    assert second_log.count("finished earlier") == 2 and "| training" not in second_log and "started" not in second_log
     assert [p.stat().st_mtime_ns for p in watched] == mtimes
     assert again["meta"]["executed_runs"] == 0
     assert [r["mean_foreground_dice"] for r in again["runs"]] == [r["mean_foreground_dice"] for r in result["runs"]]

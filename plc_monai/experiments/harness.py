@@ -1,159 +1,82 @@
 """Run the paper's comparisons through the bundles and write Table-I-style results and figures.
 
-:func:`run_experiment` trains every (method, combo) with the real bundle command in a subprocess,
-evaluates each final model and the models saved at the end of each pseudo-labeling round on the test
-split with ``evaluate.json`` merged after the run's configs (in this process: the same configs and
-settings as ``python -m monai.bundle run --config_file "[train.json, <method>.json, evaluate.json]"``,
-without a second interpreter start per model), and writes ``results.md``, ``results.csv``, ``runs.csv``, ``results.json`` and the figures
-to the experiment folder. :func:`experiment` is its command-line form
-(``python -m plc_monai experiment ...``).
+:func:`run_experiment` takes an :class:`~plc_monai.experiments.runs.ExperimentSpec` (what to compute)
+and :class:`~plc_monai.experiments.launch.LaunchOptions` (how: local slots, threads, GPUs, Slurm),
+executes every (method, combo) run that is not finished yet, each in a process of its own
+(:mod:`.worker`: the real bundle training command, then ``evaluate.json`` on the final model and on
+the models saved at the end of each pseudo-labeling round), and when all have ended writes
+``results.md``, ``results.csv``, ``runs.csv``, ``results.json`` and the figures to the experiment
+folder. :func:`collect_experiment` writes the same files from the run folders alone (after a Slurm
+job array). :func:`experiment` is the command-line form (``python -m plc_monai experiment ...``).
 
 Resuming: a run whose ``eval/summary.json`` (and round evaluations) exist is skipped; a run whose
 training finished (``train_done.json``) is only evaluated; a run whose training was interrupted is
 started again with the same command, and the bundle's ``ResumeCheckpoint`` continues it from its
-last ``checkpoint.pt``.
+last ``checkpoint.pt``. A run that fails does not stop the others: the tables hold the finished
+runs, name the failed ones, and :class:`UnfinishedRunsError` is raised after they are written.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.experiments import figures as _figures
+from plc_monai.experiments.launch import LaunchOptions, Progress, RunOutcome, run_local, run_submitit
 from plc_monai.experiments.paper_results import METHOD_LABELS, METHOD_TABLE, paper_dice
-from plc_monai.experiments.round_models import round_model_path
-from plc_monai.experiments.runs import RunSpec, bundle_command, bundle_dataset, bundle_parser, plan_runs
+from plc_monai.experiments.runs import ExperimentSpec, RunSpec, plan_runs
+from plc_monai.experiments.worker import evaluate_checkpoint
+from plc_monai.reports import csv_text, format_duration, format_mean_std, markdown_table, mean_std, write_json
 
-__all__ = ["run_experiment", "experiment", "aggregate", "format_markdown", "evaluate_checkpoint", "DEFAULT_METHODS"]
+__all__ = [
+    "run_experiment",
+    "collect_experiment",
+    "experiment",
+    "aggregate",
+    "format_markdown",
+    "evaluate_checkpoint",
+    "UnfinishedRunsError",
+    "DEFAULT_METHODS",
+    "EXPERIMENT_FILE",
+]
 
 DEFAULT_METHODS = ("baseline", "self_training", "plc_inter", "plc_intra")
 #: proposed-method runs preferred for the figures, in order
 _PROPOSED = ("plc_inter", "plc_intra")
-_ECHO_MARKERS = ("iteration", "best ", "refresh", "resumed", "round model", "VolumeMetricsWriter")
+#: the experiment's spec and launch options, written at its start; ``--collect`` reads it
+EXPERIMENT_FILE = "experiment.json"
 
 
-# ---------------------------------------------------------------------------------------------
-# small I/O helpers
-# ---------------------------------------------------------------------------------------------
+class UnfinishedRunsError(RuntimeError):
+    """Some runs of an experiment failed or have not finished; the tables were written without them.
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _hms(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))
-
-
-def _run_logged(cmd: list[str], log_file: Path, echo: bool, env: Mapping[str, str] | None = None) -> None:
-    """Run ``cmd``, appending its output to ``log_file`` and echoing progress lines.
-
-    Raises:
-        RuntimeError: when the command fails; the message holds the log's last lines and its path.
+    Attributes:
+        runs: ``{name: RunOutcome}`` of the runs missing from the tables.
+        result: what :func:`run_experiment` would have returned (the tables of the finished runs).
     """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` works
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        assert proc.stdout is not None
-        tail: list[str] = []
-        for line in proc.stdout:
-            log.write(line)
-            tail = (tail + [line.rstrip()])[-25:]
-            message = line.split(" - INFO - ", 1)[-1].rstrip()
-            if echo and " - INFO - " in line and not message.startswith(">") and any(m in message for m in _ECHO_MARKERS):
-                print("      " + message, flush=True)
-        code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"command failed (exit {code}): {' '.join(cmd[:6])} ...\n" + "\n".join(tail) + f"\nfull log: {log_file}")
+
+    def __init__(self, runs: Mapping[str, RunOutcome], total: int, result: Mapping[str, Any]) -> None:
+        self.runs = dict(runs)
+        self.result = dict(result)
+        lines = [f"{len(self.runs)} of {total} runs are not in the tables ({result['files']['markdown']}):"]
+        lines += [f"  {name}: {o.status}" + (f", log {o.log_file}" if o.log_file else "") for name, o in self.runs.items()]
+        lines.append("Re-run the same command to retry them (finished runs are skipped, interrupted ones resume).")
+        super().__init__("\n".join(lines))
 
 
-# ---------------------------------------------------------------------------------------------
-# one run
-# ---------------------------------------------------------------------------------------------
-
-
-def evaluate_checkpoint(run: RunSpec, ckpt_file: str | os.PathLike, eval_dir: str | os.PathLike) -> dict[str, Any]:
-    """Evaluate ``ckpt_file`` on the run's test split in this process, through ``evaluate.json``.
-
-    The configs (``train.json``, the method file, ``evaluate.json``) and settings are those of the
-    command ``python -m monai.bundle run --config_file "[...]" --ckpt_file ... --eval_dir ...``, so the
-    numbers are the ones that command writes.
-
-    Returns:
-        The ``summary.json`` written to ``eval_dir``.
-
-    Raises:
-        FileNotFoundError: when ``ckpt_file`` does not exist.
-    """
-    if not Path(ckpt_file).is_file():
-        raise FileNotFoundError(f"model file {ckpt_file} does not exist.")
-    settings = {**run.settings, "ckpt_file": str(ckpt_file), "eval_dir": str(eval_dir)}
-    parser = bundle_parser(run.evaluate_files, settings)
-    parser.get_parsed_content("validate#evaluator").run()
-    return json.loads((Path(eval_dir) / "summary.json").read_text())
-
-
-def _round_files(run: RunSpec) -> dict[int, Path]:
-    found = {}
-    k = 0
-    while round_model_path(run.ckpt_dir, k).is_file():
-        found[k] = round_model_path(run.ckpt_dir, k)
-        k += 1
-    return found
-
-
-def _rounds_pending(run: RunSpec) -> list[int]:
-    return [k for k in _round_files(run) if not (run.round_eval_dir(k) / "summary.json").is_file()]
-
-
-def _is_finished(run: RunSpec) -> bool:
-    return run.summary_file.is_file() and run.train_marker.is_file() and not _rounds_pending(run)
-
-
-def _execute(run: RunSpec, python: str, echo: bool, say: Any, env: Mapping[str, str]) -> None:
-    """Train (or resume), evaluate the final model, evaluate the round models; each step only if not done."""
-    if not run.train_marker.is_file():
-        resumed = (run.ckpt_dir / "checkpoint.pt").is_file()
-        say("training" + (" (resuming from models/checkpoint.pt)" if resumed else ""))
-        start = time.perf_counter()
-        cmd = bundle_command(run.config_files, "training", run.settings, python)
-        _run_logged(cmd, run.log_dir / "train.log", echo, env)
-        _write_json_atomic(run.train_marker, {"seconds": time.perf_counter() - start, "command": cmd})
-    if not run.summary_file.is_file():
-        say("evaluating models/model.pt on the test split")
-        evaluate_checkpoint(run, run.ckpt_dir / "model.pt", run.eval_dir)
-    for k in _rounds_pending(run):
-        say(f"evaluating round model {k}")
-        evaluate_checkpoint(run, round_model_path(run.ckpt_dir, k), run.round_eval_dir(k))
-
-
-def _collect(run: RunSpec) -> dict[str, Any]:
+def _run_record(run: RunSpec) -> dict[str, Any]:
     """What a finished run contributes to the tables."""
     summary = json.loads(run.summary_file.read_text())
     rounds = {}
-    for k in _round_files(run):
+    for k in run.round_files():
         path = run.round_eval_dir(k) / "summary.json"
         if path.is_file():
             rounds[k] = json.loads(path.read_text())["mean_foreground_dice"]["mean"]
@@ -173,14 +96,6 @@ def _collect(run: RunSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------------------------
-
-
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean and population std (``numpy.std``) over the defined values."""
-    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
-    if not vals:
-        return None, None, 0
-    return float(np.mean(vals)), float(np.std(vals)), len(vals)
 
 
 def aggregate(
@@ -206,19 +121,19 @@ def aggregate(
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        mean, std, n = _mean_std([r["mean_foreground_dice"] for r in runs])
+        mean, std, n = mean_std([r["mean_foreground_dice"] for r in runs])
         structures: dict[str, dict[str, Any]] = {}
         names = [s["structure"] for s in runs[0]["summary"]["structures"]]
         for i, name in enumerate(names):
             entry: dict[str, Any] = {}
             for key, field in (("dice", "dice_mean"), ("hd95", "hd95_mm_mean"), ("asd", "asd_mm_mean")):
-                m, s, k = _mean_std([r["summary"]["structures"][i][field] for r in runs])
+                m, s, k = mean_std([r["summary"]["structures"][i][field] for r in runs])
                 entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_n"] = m, s, k
             structures[name] = entry
         round_ids = sorted({k for r in runs for k in r["round_dice"]})
         rounds = {}
         for k in round_ids:
-            m, s, c = _mean_std([r["round_dice"].get(k) for r in runs])
+            m, s, c = mean_std([r["round_dice"].get(k) for r in runs])
             rounds[k] = {"mean": m, "std": s, "n": c}
         value = paper_dice(dataset, setting, method)
         rows.append({
@@ -235,12 +150,9 @@ def aggregate(
     return rows
 
 
-def _cell(mean: float | None, std: float | None, digits: int = 3) -> str:
-    return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def format_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """The results as Markdown: the main table (like the paper's Table I), per-structure tables, rounds."""
+    """The results as Markdown: the main table (like the paper's Table I), per-structure tables, rounds,
+    the runs missing from the tables, figures, machine and timing."""
     dataset, setting = meta["dataset"], meta["setting"]
     lines = [
         f"# Results: {dataset}, setting {setting}, split {meta['split']}",
@@ -253,32 +165,40 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
     if meta["split"] != "paper":
         lines += ["The paper's column is its number for the real dataset and the same number of labeled volumes; "
                   "on other data or splits it is context, not a target.", ""]
-    lines += [f"| Method | Dice (this run) | Paper ({dataset}, {setting}) | runs |", "|---|---|---|---|"]
-    for r in rows:
-        paper = "n/a" if r["paper_dice"] is None else f"{r['paper_dice']:.3f} ({r['paper_table']})"
-        lines.append(f"| {r['label']} | {_cell(r['dice_mean'], r['dice_std'])} | {paper} | {r['n_runs']} |")
+    main = [[r["label"], format_mean_std(r["dice_mean"], r["dice_std"]),
+             "n/a" if r["paper_dice"] is None else f"{r['paper_dice']:.3f} ({r['paper_table']})", r["n_runs"]]
+            for r in rows]
+    lines += markdown_table(("Method", "Dice (this run)", f"Paper ({dataset}, {setting})", "runs"), main)
     if rows:
         names = list(rows[0]["structures"])
         for key, title, digits in (("dice", "Dice per structure", 3), ("hd95", "HD95 per structure (mm)", 2),
                                    ("asd", "ASD per structure (mm)", 2)):
-            lines += ["", f"## {title}", "", "| Method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-            for r in rows:
-                cells = [_cell(r["structures"][n][f"{key}_mean"], r["structures"][n][f"{key}_std"], digits) for n in names]
-                lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+            table = [[r["label"], *(format_mean_std(r["structures"][n][f"{key}_mean"], r["structures"][n][f"{key}_std"],
+                                                    digits) for n in names)] for r in rows]
+            lines += ["", f"## {title}", "", *markdown_table(("Method", *names), table)]
         with_rounds = [r for r in rows if r["rounds"]]
         if with_rounds:
             max_round = max(max(r["rounds"]) for r in with_rounds)
+            table = [[r["label"], *(format_mean_std(r["rounds"][k]["mean"], r["rounds"][k]["std"]) if k in r["rounds"]
+                                    else "n/a" for k in range(max_round + 1))] for r in with_rounds]
             lines += ["", "## Test Dice after each pseudo-labeling round (Fig. 4; round 0: the warm-up model)", "",
-                      "| Method | " + " | ".join(f"round {k}" for k in range(max_round + 1)) + " |",
-                      "|---" * (max_round + 2) + "|"]
-            for r in with_rounds:
-                cells = [_cell(r["rounds"][k]["mean"], r["rounds"][k]["std"]) if k in r["rounds"] else "n/a"
-                         for k in range(max_round + 1)]
-                lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+                      *markdown_table(("Method", *(f"round {k}" for k in range(max_round + 1))), table)]
+    missing = meta.get("not_in_table") or {}
+    if missing:
+        lines += ["", f"## Runs not in the tables ({len(missing)} of {meta['n_runs']})", "",
+                  *markdown_table(("run", "status", "log"),
+                                  [[name, m["status"], f"`{m['log']}`" if m.get("log") else ""] for name, m in missing.items()])]
     if meta.get("figures"):
         lines += ["", "## Figures", ""] + [f"- `{f}`" for f in meta["figures"]]
-    lines += ["", f"Machine: {meta['machine']}. Written {meta['written']}. Wall time of the runs executed by "
-              f"the last invocation: {_hms(meta['seconds'])}.", ""]
+    if meta.get("collected"):
+        timing = "Collected from the run folders (no run executed by this invocation)."
+    else:
+        launch = meta.get("launch") or {}
+        how = (f"{launch.get('parallel', 1)} at once in local slots" if launch.get("executor", "local") == "local"
+               else f"executor {launch.get('executor')}")
+        timing = (f"Wall time of the last invocation ({meta['executed_runs']} runs executed, {how}, "
+                  f"{meta.get('threads_per_run') or 'default'} CPU threads per run): {format_duration(meta['seconds'])}.")
+    lines += ["", f"Machine: {meta['machine']}. Written {meta['written']}. {timing}", ""]
     return "\n".join(lines)
 
 
@@ -287,25 +207,19 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     header = ["method", "label", "n_runs", "dice_mean", "dice_std", "paper_dice", "paper_table"]
     for n in names:
         header += [f"{n}_{k}_{s}" for k in ("dice", "hd95", "asd") for s in ("mean", "std")]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
+    table = []
     for r in rows:
         row = [r["method"], r["label"], r["n_runs"], r["dice_mean"], r["dice_std"], r["paper_dice"], r["paper_table"]]
         for n in names:
             row += [r["structures"][n][f"{k}_{s}"] for k in ("dice", "hd95", "asd") for s in ("mean", "std")]
-        writer.writerow(["" if v is None else v for v in row])
-    return buffer.getvalue()
+        table.append(row)
+    return csv_text(header, table)
 
 
 def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["method", "combo", "mean_foreground_dice", "train_seconds", "round_dice", "run_dir"])
-    for r in results:
-        rounds = ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["round_dice"].items()))
-        writer.writerow([r["method"], r["combo"], r["mean_foreground_dice"], r["train_seconds"] or "", rounds, r["run_dir"]])
-    return buffer.getvalue()
+    table = [[r["method"], r["combo"], r["mean_foreground_dice"], r["train_seconds"],
+              ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["round_dice"].items())), r["run_dir"]] for r in results]
+    return csv_text(["method", "combo", "mean_foreground_dice", "train_seconds", "round_dice", "run_dir"], table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,14 +248,14 @@ def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]],
             _figures.round_curve_figure(rounds, path, title="test Dice per pseudo-labeling round")
         written.append(str(path.relative_to(out)))
     combo = combos[0]
-    if proposed and ("self_training", combo) in by_key:
+    if proposed and {("self_training", combo), (proposed, combo)} <= by_key.keys():
         path = fig_dir / f"tsne_{combo}.png"
         if want(path):
             _figures.tsne_figure({"self-training": by_key[("self_training", combo)],
                                   f"proposed ({proposed})": by_key[(proposed, combo)]}, path)
         written.append(str(path.relative_to(out)))
     reference = next((m for m in ("baseline", "self_training") if (m, combo) in by_key), None)
-    if proposed and reference:
+    if proposed and reference and (proposed, combo) in by_key:
         path = fig_dir / f"examples_{combo}.png"
         if want(path):
             _figures.example_slices_figure({reference.replace("_", "-"): by_key[(reference, combo)],
@@ -362,116 +276,39 @@ def _machine() -> str:
     return f"{platform.node() or 'host'}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"
 
 
-def run_experiment(
-    bundle: str | os.PathLike,
-    setting: str,
-    combos: Sequence[str],
-    methods: Sequence[str],
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    split: str = "paper",
-    seed: int = 0,
-    overrides: Mapping[str, Any] | None = None,
-    device: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    figures: bool = True,
-    python: str | None = None,
-    echo: bool = True,
-    threads: int | None = None,
+def _write_results(
+    spec: ExperimentSpec,
+    runs: Sequence[RunSpec],
+    outcomes: Mapping[str, RunOutcome],
+    seconds: float,
+    launch: Mapping[str, Any] | None,
+    threads_per_run: int | None,
+    collected: bool,
 ) -> dict[str, Any]:
-    """Train and evaluate every (method, combo), then write the results table and figures.
-
-    Runs are planned by :func:`plc_monai.experiments.runs.plan_runs` (folders
-    ``<output_dir>/runs/<method>/<combo>``, shared cache ``<output_dir>/cache``). For each run, in
-    order and only when not already done: ``python -m monai.bundle run training`` with the method
-    file merged after ``train.json`` (a subprocess; an interrupted training resumes from its
-    checkpoint), then ``evaluate.json`` on ``models/model.pt`` and on the round models
-    ``models/model_round_<k>.pt`` (in this process, see :func:`evaluate_checkpoint`). Progress lines say which run (k of N), the elapsed
-    time and an ETA from the durations of the runs executed so far.
-
-    Written to ``output_dir``: ``results.md``, ``results.csv`` (one row per method),
-    ``runs.csv`` (one row per run), ``results.json`` (everything, with the per-run summaries), and
-    ``figures/`` for the first combo, when the runs they need are part of the experiment:
-    ``round_dice.png`` (self-training and proposed runs), ``tsne_<combo>.png`` (self-training and
-    proposed), ``examples_<combo>.png`` (baseline, or else self-training, and proposed). The proposed
-    method is ``plc_inter`` if it ran, else ``plc_intra``. Figures are redrawn when a run was executed.
-
-    Args:
-        bundle: the bundle folder, e.g. ``bundles/acdc``.
-        setting: ``tr1``, ``tr2``, ``tr8``.
-        combos: e.g. ``["c1", "c2", "c3"]``; split seeds for ``split="random"``.
-        methods: method names of ``<bundle>/configs/methods``.
-        dataset_dir: the dataset folder.
-        output_dir: the experiment folder.
-        split: ``paper`` or ``random``.
-        seed: training seed of every run.
-        overrides: bundle ids applied to every run (see :func:`~plc_monai.experiments.runs.plan_runs`).
-        device: ``cpu``, ``cuda:0``, ...; ``None`` keeps the bundle's choice.
-        cache_dir: preprocessing cache (default ``<output_dir>/cache``).
-        figures: write the figures.
-        python: the Python interpreter of the subprocesses (default: this one).
-        echo: print the runs' progress lines.
-        threads: CPU threads of each run (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of the subprocesses,
-            ``torch.set_num_threads`` here); ``None`` keeps the defaults. On a busy CPU machine 1 thread
-            avoids OpenMP oversubscription, which can slow training several-fold.
-
-    Returns:
-        ``{"meta": ..., "rows": aggregate rows, "runs": per-run records, "files": written paths}``.
+    """Tabulate the finished runs, write the result files, print the Markdown; raise if some runs are missing.
 
     Raises:
-        RuntimeError: when a training or evaluation command fails (the message names its log).
+        UnfinishedRunsError: after writing, when a run failed or has not finished.
     """
-    out = Path(output_dir).expanduser().resolve()
-    runs = plan_runs(bundle, setting, combos, methods, dataset_dir, out, split=split, seed=seed,
-                     overrides=overrides, device=device, cache_dir=cache_dir)
-    dataset = bundle_dataset(bundle)
-    python = python or sys.executable
-    env: dict[str, str] = {}
-    if threads is not None:
-        import torch
-
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}.")
-        env = {"OMP_NUM_THREADS": str(int(threads)), "MKL_NUM_THREADS": str(int(threads))}
-        torch.set_num_threads(int(threads))
-    start = time.perf_counter()
-    durations: list[float] = []
-    executed = 0
-    print(f"experiment: {len(runs)} runs ({len(methods)} methods x {len(combos)} combos) of {dataset} {setting}, "
-          f"split {split}, into {out}", flush=True)
-    for i, run in enumerate(runs, 1):
-        def say(message: str, i: int = i, run: RunSpec = run) -> None:
-            elapsed = time.perf_counter() - start
-            remaining = len(runs) - i + 1
-            eta = _hms(float(np.mean(durations)) * remaining) if durations else "unknown"
-            print(f"[{i}/{len(runs)}] {run.name}: {message} | elapsed {_hms(elapsed)} | ETA {eta}", flush=True)
-
-        if _is_finished(run):
-            say("finished earlier (eval/summary.json exists), skipped")
-            continue
-        t0 = time.perf_counter()
-        _execute(run, python, echo, say, env)
-        durations.append(time.perf_counter() - t0)
-        executed += 1
-        dice = json.loads(run.summary_file.read_text())["mean_foreground_dice"]["mean"]
-        say(f"done in {_hms(durations[-1])}, test mean foreground Dice {dice if dice is None else round(dice, 4)}")
-    results = [_collect(r) for r in runs]
-    rows = aggregate(results, list(methods), dataset, setting)
-    fig_files = _make_figures(runs, results, out, refresh=executed > 0) if figures else []
+    out = spec.output_dir
+    finished = [r for r in runs if r.is_finished()]
+    missing = {r.name: outcomes.get(r.name) or RunOutcome(r.name, "unfinished", log_file=r.log_dir / "worker.log")
+               for r in runs if not r.is_finished()}
+    results = [_run_record(r) for r in finished]
+    rows = aggregate(results, list(spec.methods), spec.dataset, spec.setting)
+    executed = sum(o.status == "done" for o in outcomes.values())
+    fig_files = _make_figures(finished, results, out, refresh=collected or executed > 0) if spec.figures and finished else []
     meta = {
-        "bundle": str(Path(bundle).resolve()),
-        "dataset": dataset,
-        "setting": setting,
-        "split": split,
-        "combos": [str(c) for c in combos],
-        "methods": list(methods),
-        "seed": seed,
-        "overrides": dict(overrides or {}),
-        "device": device,
-        "threads": threads,
+        **spec.to_dict(),
+        "dataset": spec.dataset,
         "n_runs": len(runs),
         "executed_runs": executed,
-        "seconds": time.perf_counter() - start,
+        "not_in_table": {name: {"status": o.status, "log": str(o.log_file) if o.log_file else None, "tail": o.tail}
+                         for name, o in missing.items()},
+        "launch": dict(launch or {}),
+        "threads_per_run": threads_per_run,
+        "collected": collected,
+        "seconds": seconds,
         "machine": _machine(),
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -479,19 +316,123 @@ def run_experiment(
     }
     files = {"markdown": out / "results.md", "csv": out / "results.csv", "runs_csv": out / "runs.csv",
              "json": out / "results.json"}
-    _write_text_atomic(files["markdown"], format_markdown(rows, meta))
-    _write_text_atomic(files["csv"], _csv_text(rows))
-    _write_text_atomic(files["runs_csv"], _runs_csv_text(results))
-    _write_json_atomic(files["json"], {"meta": meta, "rows": rows, "runs": results})
-    print(format_markdown(rows, meta), flush=True)
-    return {"meta": meta, "rows": rows, "runs": results, "files": {k: str(v) for k, v in files.items()}}
+    markdown = format_markdown(rows, meta)
+    atomic_write_text(files["markdown"], markdown)
+    atomic_write_text(files["csv"], _csv_text(rows))
+    atomic_write_text(files["runs_csv"], _runs_csv_text(results))
+    write_json(files["json"], {"meta": meta, "rows": rows, "runs": results})
+    print(markdown, flush=True)
+    result = {"meta": meta, "rows": rows, "runs": results, "files": {k: str(v) for k, v in files.items()}}
+    if missing:
+        raise UnfinishedRunsError(missing, len(runs), result)
+    return result
 
 
-def _as_list(value: str | Sequence[Any] | int) -> list[str]:
-    """``"a,b"``, ``("a", "b")`` (how fire passes ``a,b``) or ``3`` -> ``["a", "b"]`` / ``["3"]``."""
+def run_experiment(spec: ExperimentSpec, launch: LaunchOptions | None = None) -> dict[str, Any]:
+    """Execute every run of ``spec`` that is not finished yet, then write the results table and figures.
+
+    Runs are planned by :func:`plc_monai.experiments.runs.plan_runs` (folders
+    ``<output_dir>/runs/<method>/<combo>``, shared cache). Each unfinished run is executed in a
+    process of its own by :func:`plc_monai.experiments.worker.execute_run` (``python -m monai.bundle
+    run training`` with the method file merged after ``train.json``, resuming an interrupted training
+    from its checkpoint; then ``evaluate.json`` on ``models/model.pt`` and on the round models),
+    ``launch.parallel`` at once in local slots or as a Slurm job array (``launch.executor``). Progress
+    lines give the runs done / running / failed, the elapsed time and an ETA. The spec and options
+    are saved to ``<output_dir>/experiment.json`` first (what :func:`collect_experiment` reads).
+
+    When all runs have ended, written to ``output_dir``: ``results.md``, ``results.csv`` (one row
+    per method), ``runs.csv`` (one row per run), ``results.json`` (everything, with the per-run
+    summaries), and ``figures/`` for the first combo, when the runs they need are finished:
+    ``round_dice.png`` (self-training and proposed runs), ``tsne_<combo>.png`` (self-training and
+    proposed), ``examples_<combo>.png`` (baseline, or else self-training, and proposed). The proposed
+    method is ``plc_inter`` if it ran, else ``plc_intra``. Figures are redrawn when a run was executed.
+
+    Args:
+        spec: the experiment.
+        launch: how to execute the runs (default: one at a time, locally).
+
+    Returns:
+        ``{"meta": ..., "rows": aggregate rows, "runs": per-run records, "files": written paths}``;
+        after a Slurm submission without waiting (``launch.wait`` false): ``{"meta": ..., "submitted":
+        [run names]}`` and no tables.
+
+    Raises:
+        UnfinishedRunsError: after the tables of the finished runs are written, when a run failed.
+        ValueError: ``launch.devices`` with a ``spec.device`` other than ``cuda``/``cuda:0``.
+    """
+    launch = launch or LaunchOptions()
+    if launch.devices and spec.device is not None and str(spec.device) not in ("cuda", "cuda:0"):
+        raise ValueError(f"devices {list(launch.devices)} give each run one GPU, seen as cuda:0; device must be None, "
+                         f"'cuda' or 'cuda:0', got {spec.device!r}.")
+    runs = plan_runs(spec)
+    out = spec.output_dir
+    write_json(out / EXPERIMENT_FILE, {"spec": spec.to_dict(), "launch": launch.to_dict(), "command": sys.argv})
+    todo = [r for r in runs if not r.is_finished()]
+    local = launch.executor == "local"
+    slots = launch.parallel if local else (launch.array_parallelism or len(todo))
+    threads = launch.threads_per_run()
+    print(f"experiment: {len(runs)} runs ({len(spec.methods)} methods x {len(spec.combos)} combos) of {spec.dataset} "
+          f"{spec.setting}, split {spec.split}, into {out}; {len(todo)} to run, executor {launch.executor}, "
+          f"{slots} at once, {threads or 'default'} CPU threads per run", flush=True)
+    progress = Progress(len(runs), len(runs) - len(todo), slots, launch.status_interval)
+    for run in runs:
+        if run not in todo:
+            progress.say(run.name, "finished earlier (eval/summary.json exists), skipped")
+    start = time.perf_counter()
+    if not todo:
+        outcomes: dict[str, RunOutcome] = {}
+    elif local:
+        outcomes = run_local(todo, launch, progress)
+    else:
+        outcomes = run_submitit(todo, launch, out / "submitit", progress, cpu_only=str(spec.device).startswith("cpu"))
+    submitted = [name for name, o in outcomes.items() if o.status == "submitted"]
+    if submitted:
+        print(f"{len(submitted)} runs submitted; when they have ended, write the tables with:\n"
+              f"  python -m plc_monai experiment --collect --output_dir {out}", flush=True)
+        return {"meta": {**spec.to_dict(), "launch": launch.to_dict()}, "submitted": submitted}
+    return _write_results(spec, runs, outcomes, time.perf_counter() - start, launch.to_dict(), threads, collected=False)
+
+
+def collect_experiment(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write the tables and figures of an experiment folder from its finished runs, executing nothing.
+
+    For an experiment whose runs were executed elsewhere (a Slurm job array submitted with
+    ``--wait False``, or a harness that was stopped): the spec is read from
+    ``<output_dir>/experiment.json``.
+
+    Returns:
+        As :func:`run_experiment`.
+
+    Raises:
+        FileNotFoundError: when ``output_dir`` has no ``experiment.json``.
+        UnfinishedRunsError: after the tables are written, when some runs have not finished.
+    """
+    path = Path(output_dir).expanduser().resolve() / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {path.parent} is not the output folder of an experiment "
+                                "(python -m plc_monai experiment writes it when it starts).")
+    saved = json.loads(path.read_text())
+    spec = ExperimentSpec.from_dict(saved["spec"])
+    runs = plan_runs(spec)
+    print(f"collecting {len(runs)} runs of {spec.output_dir}", flush=True)
+    return _write_results(spec, runs, {}, 0.0, saved.get("launch"), None, collected=True)
+
+
+def _as_list(value: str | Sequence[Any] | int | None) -> list[str]:
+    """``"a,b"``, ``("a", "b")`` (how fire passes ``a,b``) or ``3`` -> ``["a", "b"]`` / ``["3"]``; ``None`` -> ``[]``."""
+    if value is None:
+        return []
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value if str(v).strip()]
     return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _help_text() -> str:
+    from fire import helptext, trace
+
+    component_trace = trace.FireTrace(experiment, name="plc_monai")
+    component_trace.AddAccessedProperty(experiment, "experiment", ["experiment"], None, None)
+    return helptext.HelpText(experiment, component_trace)
 
 
 def experiment(
@@ -507,25 +448,64 @@ def experiment(
     cache_dir: str | None = None,
     figures: bool = True,
     threads: int | None = None,
+    parallel: int = 1,
+    devices: str | Sequence[Any] | None = None,
+    executor: str = "local",
+    partition: str | None = None,
+    time_limit_min: int = 720,
+    gpus_per_job: int | None = None,
+    cpus_per_job: int | None = None,
+    mem_gb: float | None = None,
+    array_parallelism: int | None = None,
+    wait: bool = True,
+    collect: bool = False,
     **overrides: Any,
-) -> dict[str, Any]:
-    """Command-line form of :func:`run_experiment`: comma-separated ``combos``/``methods``, bundle ids as flags.
+) -> None:
+    """Train, evaluate and tabulate every (method, combo): the paper's comparisons through the bundles.
 
     Example::
 
         python -m plc_monai experiment --bundle bundles/acdc --setting tr1 --combos c1,c2,c3 \\
             --methods baseline,self_training,plc_inter,plc_intra --dataset_dir /data/ACDC/training --output_dir OUT
 
-    Any further ``--<id> <value>`` is a bundle override for every run (e.g. ``--lambda_cont 1.0``);
-    ids that a method file sets itself are not overridden for that method.
+    What to compute (:class:`~plc_monai.experiments.runs.ExperimentSpec`): ``--bundle``,
+    ``--setting``, ``--combos`` and ``--methods`` (comma-separated), ``--dataset_dir``,
+    ``--output_dir``, ``--split`` (``paper``, ``random``, a folder of ``<setting>_<combo>.json``
+    split files, or one split file), ``--seed``, ``--device``, ``--cache_dir``, ``--figures``. Any
+    further ``--<id> <value>`` is a bundle override for every run (e.g. ``--lambda_cont 1.0``); ids
+    that a method file sets itself are not overridden for that method.
+
+    How to run it (:class:`~plc_monai.experiments.launch.LaunchOptions`): ``--parallel K`` runs at
+    once on this machine, ``--threads`` CPU threads per run (default with K > 1: the cores split
+    between the runs), ``--devices 0,1`` one GPU per run from the list; ``--executor slurm`` submits
+    a job array through submitit (``--partition``, ``--time_limit_min``, ``--gpus_per_job``,
+    ``--cpus_per_job``, ``--mem_gb``, ``--array_parallelism``; ``--wait False`` returns after
+    submitting); ``--executor submitit_local`` runs those jobs here. ``--collect`` writes the tables
+    of ``--output_dir`` from its finished runs and runs nothing.
+
+    Re-running the same command skips finished runs and resumes interrupted ones. Exits with status
+    1 when a run failed (the tables hold the others).
 
     Raises:
-        ValueError: when ``dataset_dir`` is missing.
+        ValueError: when ``dataset_dir`` is missing, or for a bad value (the message names it).
     """
-    if dataset_dir is None:
-        raise ValueError("--dataset_dir is required: the dataset folder the bundle reads.")
-    return run_experiment(
-        bundle, str(setting), _as_list(combos), _as_list(methods), dataset_dir, output_dir, split=split,
-        seed=int(seed), overrides=overrides, device=device, cache_dir=cache_dir, figures=bool(figures),
-        threads=threads,
-    )
+    if {"help", "h"} & set(overrides):
+        print(_help_text())
+        return
+    try:
+        if collect:
+            collect_experiment(output_dir)
+            return
+        if dataset_dir is None:
+            raise ValueError("--dataset_dir is required: the dataset folder the bundle reads.")
+        spec = ExperimentSpec(bundle, str(setting), _as_list(combos), _as_list(methods), dataset_dir, output_dir,
+                              split=split, seed=int(seed), overrides=overrides, device=device, cache_dir=cache_dir,
+                              figures=bool(figures))
+        launch = LaunchOptions(executor=executor, parallel=int(parallel), devices=_as_list(devices), threads=threads,
+                               partition=partition, time_limit_min=int(time_limit_min), gpus_per_job=gpus_per_job,
+                               cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
+                               wait=bool(wait))
+        run_experiment(spec, launch)
+    except UnfinishedRunsError as err:
+        print(err, file=sys.stderr, flush=True)
+        raise SystemExit(1) from err

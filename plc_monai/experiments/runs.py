@@ -6,7 +6,8 @@ A *method* is a small JSON file in ``<bundle>/configs/methods/`` merged after ``
     python -m monai.bundle run training --config_file "['<bundle>/configs/train.json', '<bundle>/configs/methods/<method>.json']" --<id> <value> ...
 
 and evaluates the result with ``evaluate.json`` merged after both. This module builds the per-run
-settings (output folders, split, seeds, user overrides) and the commands; :mod:`.harness` runs them.
+settings (output folders, split, seeds, user overrides) from an :class:`ExperimentSpec` and the
+commands; :mod:`.worker` executes one run, :mod:`.launch` runs many at once, :mod:`.harness` tabulates them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from plc_monai.data.splits import load_split
+
 __all__ = [
+    "ExperimentSpec",
     "RunSpec",
     "available_methods",
     "method_config",
@@ -85,13 +89,181 @@ def combo_split_seed(combo: str | int) -> int:
     return int(digits)
 
 
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _split_files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.json"))
+
+
+@dataclass
+class ExperimentSpec:
+    """What an experiment computes: which methods on which splits of which data, into which folder.
+
+    Built once (by the command line, :func:`plc_monai.experiments.harness.experiment`, or by hand) and
+    handed to :func:`plan_runs` and :func:`~plc_monai.experiments.harness.run_experiment`. Paths are
+    made absolute and every value is checked when the spec is created, before any run starts. How
+    the runs are executed (slots, threads, GPUs, Slurm) is not part of it: see
+    :class:`~plc_monai.experiments.launch.LaunchOptions`.
+
+    ``split`` chooses the labeled/validation/unlabeled/test volumes of each run:
+
+    - ``"paper"``: the paper's fixed ids of ``setting``/``combo`` (``plc_monai/data/splits``);
+    - ``"random"``: a seeded random split, the combo names the seed (``c3`` -> ``split_seed 3``);
+    - a folder of split files named ``<setting>_<combo>.json`` (e.g. ``tr1_c1.json``, the format of
+      :func:`plc_monai.data.splits.save_split`): each run reads ``<folder>/<setting>_<combo>.json``;
+    - one split ``.json`` file, for a single combo.
+
+    The words ``paper`` and ``random`` win over a folder of that name (write ``./paper`` for the folder).
+
+    Args:
+        bundle: the bundle folder, e.g. ``bundles/acdc``.
+        setting: ``tr1``, ``tr2``, ``tr8`` (``trN`` for random splits).
+        combos: labeled/validation combinations (``c1`` ...), or split seeds for random splits.
+        methods: method names of ``<bundle>/configs/methods``.
+        dataset_dir: the dataset folder the bundle reads.
+        output_dir: the experiment folder.
+        split: ``paper``, ``random``, a folder of split files or one split file (see above).
+        seed: training seed of every run.
+        overrides: bundle ids applied to every run (see :func:`plan_runs`).
+        device: ``cpu``, ``cuda:0``, ...; ``None`` keeps the bundle's choice.
+        cache_dir: preprocessing cache shared by all runs (default ``<output_dir>/cache``).
+        figures: write the figures with the tables.
+
+    Raises:
+        ValueError: empty ``methods``/``combos``, a combo that is no seed for random splits, an
+            override of a run-layout id (``output_dir``, ``split`` ...), a split that is neither a
+            keyword nor a folder nor a ``.json`` file, a split file given with several combos, or a
+            split file that is not a split.
+        FileNotFoundError: an unknown bundle or method, a missing dataset folder, or a split folder
+            that lacks the file of a combo (the message lists the files it has).
+    """
+
+    bundle: str | os.PathLike
+    setting: str
+    combos: Sequence[str]
+    methods: Sequence[str]
+    dataset_dir: str | os.PathLike
+    output_dir: str | os.PathLike
+    split: str | os.PathLike = "paper"
+    seed: int = 0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    cache_dir: str | os.PathLike | None = None
+    figures: bool = True
+
+    def __post_init__(self) -> None:
+        self.bundle = _bundle_path(self.bundle)
+        self.setting = str(self.setting)
+        self.combos = tuple(str(c) for c in self.combos)
+        self.methods = tuple(str(m) for m in self.methods)
+        if not self.methods:
+            raise ValueError("no methods given; available: " + ", ".join(available_methods(self.bundle)))
+        if not self.combos:
+            raise ValueError("no combos given (e.g. c1,c2,c3; for random splits the split seeds).")
+        for method in self.methods:
+            method_config(self.bundle, method)
+        self.dataset_dir = _resolve(self.dataset_dir)
+        if not self.dataset_dir.is_dir():
+            raise FileNotFoundError(f"dataset folder {self.dataset_dir} does not exist.")
+        self.output_dir = _resolve(self.output_dir)
+        self.cache_dir = _resolve(self.cache_dir) if self.cache_dir is not None else self.output_dir / "cache"
+        self.overrides = dict(self.overrides or {})
+        fixed = sorted(set(self.overrides) & set(RUN_LAYOUT_IDS))
+        if fixed:
+            raise ValueError(f"override(s) {fixed} are set by the harness for each run; use its own arguments instead.")
+        self.seed = int(self.seed)
+        self.figures = bool(self.figures)
+        self.split = self._checked_split(self.split)
+
+    def _checked_split(self, split: str | os.PathLike) -> str:
+        """``paper``/``random``, or the absolute path of the split folder/file after checking every file a run needs."""
+        if str(split) in ("paper", "random"):
+            if str(split) == "random":
+                for combo in self.combos:
+                    combo_split_seed(combo)
+            return str(split)
+        path = _resolve(split)
+        if path.is_dir():
+            files = [path / f"{self.setting}_{combo}.json" for combo in self.combos]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"split folder {path} lacks {missing} (expected <setting>_<combo>.json for setting "
+                    f"{self.setting!r} and combos {list(self.combos)}); it has: {_split_files_in(path) or 'no .json files'}."
+                )
+        elif path.suffix == ".json" and path.is_file():
+            if len(self.combos) > 1:
+                raise ValueError(
+                    f"split file {path} gives every combo the same volumes; with combos {list(self.combos)} "
+                    "pass a folder of <setting>_<combo>.json files instead."
+                )
+            files = [path]
+        else:
+            raise ValueError(
+                f"split must be 'paper', 'random', a folder of <setting>_<combo>.json split files or one split "
+                f".json file; {str(split)!r} is none of these ({path} does not exist or is not a .json file)."
+            )
+        for file in files:
+            load_split(file)  # a bad file fails here, naming itself, before any run starts
+        return str(path)
+
+    @property
+    def dataset(self) -> str:
+        """The bundle's ``dataset_name`` (``acdc``, ``prostate``, ``mmwhs``)."""
+        return bundle_dataset(self.bundle)
+
+    def split_settings(self, combo: str) -> dict[str, Any]:
+        """The bundle ids that choose the split of ``combo``: ``split`` and ``combo`` or ``split_seed``."""
+        if self.split == "paper":
+            return {"split": "paper", "combo": combo}
+        if self.split == "random":
+            return {"split": "random", "split_seed": combo_split_seed(combo)}
+        path = Path(self.split)
+        file = path / f"{self.setting}_{combo}.json" if path.is_dir() else path
+        return {"split": str(file), "combo": combo}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready values (paths as strings); :meth:`from_dict` reads it back."""
+        return {
+            "bundle": str(self.bundle),
+            "setting": self.setting,
+            "combos": list(self.combos),
+            "methods": list(self.methods),
+            "dataset_dir": str(self.dataset_dir),
+            "output_dir": str(self.output_dir),
+            "split": self.split,
+            "seed": self.seed,
+            "overrides": dict(self.overrides),
+            "device": self.device,
+            "cache_dir": str(self.cache_dir),
+            "figures": self.figures,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentSpec:
+        """The spec of :meth:`to_dict` (checked again: the bundle, data and split files must still exist).
+
+        Raises:
+            ValueError: when ``data`` lacks a field or has an unknown one.
+        """
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or unknown:
+            raise ValueError(f"experiment spec: missing fields {missing}, unknown fields {unknown}; expected {sorted(names)}.")
+        return cls(**data)
+
+
 @dataclass
 class RunSpec:
     """One training + evaluation of ``method`` on ``combo``.
 
     Attributes:
         method: method name (a file of ``<bundle>/configs/methods``).
-        combo: ``c1`` ... for paper splits; for random splits the split seed is :func:`combo_split_seed`.
+        combo: ``c1`` ... for paper splits and split folders; for random splits the split seed is
+            :func:`combo_split_seed`.
         run_dir: the run's folder (``<output>/runs/<method>/<combo>``).
         config_files: ``[train.json, methods/<method>.json]``.
         settings: bundle ids set for this run (Python values), applied after the config files.
@@ -122,6 +294,11 @@ class RunSpec:
         return self.run_dir / "logs"
 
     @property
+    def run_file(self) -> Path:
+        """The run as JSON (:meth:`to_dict`), what a worker process or a cluster job reads."""
+        return self.run_dir / "run.json"
+
+    @property
     def train_marker(self) -> Path:
         """Written when the training command has finished successfully."""
         return self.run_dir / "train_done.json"
@@ -138,6 +315,49 @@ class RunSpec:
     def round_eval_dir(self, round_index: int) -> Path:
         return self.run_dir / "eval_rounds" / f"round_{round_index}"
 
+    def round_files(self) -> dict[int, Path]:
+        """The round models saved so far, ``{k: models/model_round_<k>.pt}`` for ``k = 0, 1, ...``."""
+        from plc_monai.experiments.round_models import round_model_path
+
+        found = {}
+        k = 0
+        while round_model_path(self.ckpt_dir, k).is_file():
+            found[k] = round_model_path(self.ckpt_dir, k)
+            k += 1
+        return found
+
+    def rounds_pending(self) -> list[int]:
+        """Rounds whose model exists but has no evaluation yet."""
+        return [k for k in self.round_files() if not (self.round_eval_dir(k) / "summary.json").is_file()]
+
+    def is_finished(self) -> bool:
+        """Trained, final model evaluated, every round model evaluated."""
+        return self.summary_file.is_file() and self.train_marker.is_file() and not self.rounds_pending()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready values; :meth:`from_dict` reads it back."""
+        return {
+            "method": self.method,
+            "combo": self.combo,
+            "run_dir": str(self.run_dir),
+            "config_files": [str(f) for f in self.config_files],
+            "settings": dict(self.settings),
+            "dropped": dict(self.dropped),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        """The run of :meth:`to_dict`.
+
+        Raises:
+            ValueError: when a field is missing.
+        """
+        missing = [k for k in ("method", "combo", "run_dir", "config_files", "settings") if k not in data]
+        if missing:
+            raise ValueError(f"run description lacks {missing}; expected the output of RunSpec.to_dict().")
+        return cls(str(data["method"]), str(data["combo"]), Path(data["run_dir"]),
+                   [Path(f) for f in data["config_files"]], dict(data["settings"]), dict(data.get("dropped", {})))
+
 
 def _method_ids(path: Path) -> set[str]:
     """Ids a method file sets (``+``-merge keys excluded: they extend, they do not set)."""
@@ -150,105 +370,57 @@ def _method_ids(path: Path) -> set[str]:
     return {k for k in data if not k.startswith("+")}
 
 
-def plan_runs(
-    bundle: str | os.PathLike,
-    setting: str,
-    combos: Sequence[str],
-    methods: Sequence[str],
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    split: str = "paper",
-    seed: int = 0,
-    overrides: Mapping[str, Any] | None = None,
-    device: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> list[RunSpec]:
+def plan_runs(spec: ExperimentSpec) -> list[RunSpec]:
     """The runs of an experiment, method-major (all combos of the first method first).
 
     Every run gets its own ``output_dir`` and ``ckpt_dir`` (``<output_dir>/runs/<method>/<combo>``);
-    all share the preprocessing cache (``cache_dir``, default ``<output_dir>/cache``). With
-    ``split="paper"`` the run uses the paper's fixed ids of ``setting``/``combo``; with
-    ``split="random"`` the combo names the split seed (``c3`` -> ``split_seed 3``). The training seed
-    ``seed`` is the same for every run, so methods differ only in what the method file changes.
+    all share the preprocessing cache (``spec.cache_dir``). The split ids of each run come from
+    :meth:`ExperimentSpec.split_settings` (the paper's ids, a seed, or the combo's split file). The
+    training seed ``spec.seed`` is the same for every run, so methods differ only in what the method
+    file changes.
 
-    ``overrides`` are bundle ids applied to every run (after the method file), except ids that the
-    method file itself sets: ``--lambda_cont 1.0`` changes the proposed method's weight but does not
-    turn self-training (``lambda_cont 0``) into something else. Such skipped overrides are recorded in
-    :attr:`RunSpec.dropped` and reported with a warning.
+    ``spec.overrides`` are bundle ids applied to every run (after the method file), except ids that
+    the method file itself sets: ``--lambda_cont 1.0`` changes the proposed method's weight but does
+    not turn self-training (``lambda_cont 0``) into something else. Such skipped overrides are
+    recorded in :attr:`RunSpec.dropped` and reported with a warning.
 
     Args:
-        bundle: the bundle folder (``bundles/acdc``).
-        setting: ``tr1``, ``tr2``, ``tr8`` (``trN`` for random splits).
-        combos: labeled/validation combinations (``c1`` ...) or split seeds for random splits.
-        methods: method names of ``<bundle>/configs/methods``.
-        dataset_dir: the dataset folder the bundle reads.
-        output_dir: the experiment folder.
-        split: ``paper`` or ``random``.
-        seed: training seed of every run.
-        overrides: further bundle ids (``{"warmup_iterations": 150, ...}``).
-        device: ``cpu``, ``cuda:0``, ...; ``None`` keeps the bundle's choice.
-        cache_dir: preprocessing cache shared by all runs.
+        spec: the experiment.
 
     Returns:
         One :class:`RunSpec` per (method, combo).
-
-    Raises:
-        ValueError: empty ``methods``/``combos``, an unknown split, a combo that is no seed for
-            random splits, or an override of a run-layout id (``output_dir``, ``split`` ...).
-        FileNotFoundError: an unknown bundle, method or dataset folder.
     """
-    bundle_path = _bundle_path(bundle)
-    if not methods:
-        raise ValueError("no methods given; available: " + ", ".join(available_methods(bundle_path)))
-    if not combos:
-        raise ValueError("no combos given (e.g. c1,c2,c3; for random splits the split seeds).")
-    if split not in ("paper", "random"):
-        raise ValueError(f"split must be 'paper' or 'random', got {split!r}.")
-    data_path = Path(dataset_dir).expanduser().resolve()
-    if not data_path.is_dir():
-        raise FileNotFoundError(f"dataset folder {data_path} does not exist.")
-    overrides = dict(overrides or {})
-    fixed = sorted(set(overrides) & set(RUN_LAYOUT_IDS))
-    if fixed:
-        raise ValueError(f"override(s) {fixed} are set by the harness for each run; use its own arguments instead.")
-    out = Path(output_dir).expanduser().resolve()
-    cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else out / "cache"
     device_ids: dict[str, Any] = {}
-    if device is not None:
-        device_ids["device"] = f"$torch.device({str(device)!r})"
-        if str(device).startswith("cpu"):
+    if spec.device is not None:
+        device_ids["device"] = f"$torch.device({str(spec.device)!r})"
+        if str(spec.device).startswith("cpu"):
             device_ids.update(amp=False, channels_last=False)
     runs = []
-    train_json = bundle_path / "configs" / "train.json"
-    for method in methods:
-        method_file = method_config(bundle_path, method)
+    train_json = spec.bundle / "configs" / "train.json"
+    for method in spec.methods:
+        method_file = method_config(spec.bundle, method)
         method_ids = _method_ids(method_file)
-        dropped = {k: v for k, v in overrides.items() if k in method_ids}
-        kept = {k: v for k, v in overrides.items() if k not in method_ids}
+        dropped = {k: v for k, v in spec.overrides.items() if k in method_ids}
+        kept = {k: v for k, v in spec.overrides.items() if k not in method_ids}
         if dropped:
             warnings.warn(
                 f"method {method!r} sets {sorted(dropped)} itself; the command-line value(s) are not applied to it.",
                 stacklevel=2,
             )
-        for combo in combos:
-            combo = str(combo)
-            run_dir = out / "runs" / method / combo
+        for combo in spec.combos:
+            run_dir = spec.output_dir / "runs" / method / combo
             settings: dict[str, Any] = {
-                "bundle_root": str(bundle_path),
-                "dataset_dir": str(data_path),
-                "split": split,
-                "setting": setting,
-                "seed": int(seed),
-                "cache_dir": str(cache),
+                "bundle_root": str(spec.bundle),
+                "dataset_dir": str(spec.dataset_dir),
+                "setting": spec.setting,
+                "seed": spec.seed,
+                "cache_dir": str(spec.cache_dir),
                 **device_ids,
                 **{k: v for k, v in kept.items() if k != "cache_dir"},
+                **spec.split_settings(combo),
                 "output_dir": str(run_dir),
                 "ckpt_dir": str(run_dir / "models"),
             }
-            if split == "paper":
-                settings["combo"] = combo
-            else:
-                settings["split_seed"] = combo_split_seed(combo)
             runs.append(RunSpec(method, combo, run_dir, [train_json, method_file], settings, dropped))
     return runs
 
