@@ -12,24 +12,17 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import optional_import
 
+from plc_monai._ignite import Engine, Events
 from plc_monai.atomic_files import atomic_torch_save, atomic_write_json
 from plc_monai.runtime import is_main_process
-
-Events, _ = optional_import("ignite.engine", name="Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
 
 _SELECTIONS = ("final_phase", "all_phases")
-
 
 
 def _unwrap(module: Any) -> Any:

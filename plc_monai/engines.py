@@ -19,22 +19,16 @@ import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from monai.engines import Trainer
-from monai.utils import optional_import
 
+from plc_monai._ignite import Engine, Events
 from plc_monai.data.slice_pool import SlicePool
 from plc_monai.pseudo_labels import PseudoLabelStore
 from plc_monai.runtime import autocast_dtype
-
-Events, _ = optional_import("ignite.engine", name="Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["SemiSupervisedTrainer", "IterationTokens"]
 
@@ -476,7 +470,6 @@ class SemiSupervisedTrainer(Trainer):
         self.best_warmup_state = state["best_warmup_state"]
         self.best_round_state = state.get("best_round_state")
         self.joint_started = bool(state["joint_started"])
-
 
 
 class _Extras:

@@ -9,22 +9,16 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import optional_import
 
+from plc_monai._ignite import Engine, Events
 from plc_monai.pseudo_labels import PseudoLabelStore
 from plc_monai.runtime import autocast_dtype, is_main_process
 from plc_monai.atomic_files import atomic_write_bytes
-
-Events, _ = optional_import("ignite.engine", name="Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["PseudoLabelRefresh", "predict_labels"]
 

@@ -10,16 +10,11 @@ condition that it happened.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import optional_import
 
-Events, _ = optional_import("ignite.engine", name="Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
+from plc_monai._ignite import Engine, Events
 
 __all__ = ["DegenerateBatchMonitor"]
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from monai.utils import optional_import
 
+from plc_monai._ignite import Engine, Events
 from plc_monai.runtime import is_main_process
 
-Events, _ = optional_import("ignite.engine", name="Events")
 SummaryWriter, _ = optional_import("torch.utils.tensorboard", name="SummaryWriter")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["TrainingProgress"]
-
 
 
 class TrainingProgress:

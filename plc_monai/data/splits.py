@@ -39,8 +39,14 @@ PAPER_SPLIT_DATASETS = ("acdc", "prostate", "mmwhs")
 _GROUPS = ("labeled", "validation", "unlabeled", "test")
 
 
-def _duplicates(ids: Sequence[str]) -> list[str]:
-    return sorted(i for i, n in Counter(ids).items() if n > 1)
+def _check_ids(ids: Sequence[str], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` when an id is not a string or appears more than once."""
+    bad = [i for i in ids if not isinstance(i, str)]
+    if bad:
+        raise ValueError(f"{what}: ids must be strings, got {bad[:5]!r}")
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dup:
+        raise ValueError(f"{what}: id(s) {dup} appear more than once")
 
 
 @dataclass
@@ -73,12 +79,7 @@ class Split:
             ids = getattr(self, group)
             if isinstance(ids, str) or not isinstance(ids, Sequence):
                 raise ValueError(f"Split.{group} must be a list of id strings, got {type(ids).__name__}")
-            bad = [i for i in ids if not isinstance(i, str)]
-            if bad:
-                raise ValueError(f"Split.{group}: ids must be strings, got {bad[:5]!r}")
-            dup = _duplicates(ids)
-            if dup:
-                raise ValueError(f"Split.{group}: id(s) {dup} appear more than once")
+            _check_ids(ids, f"Split.{group}")
             setattr(self, group, list(ids))
         both = sorted(set(self.labeled) & set(self.validation))
         if both:
@@ -234,12 +235,7 @@ def random_split(
             than there are ids.
     """
     ids = list(ids)
-    bad = [i for i in ids if not isinstance(i, str)]
-    if bad:
-        raise ValueError(f"ids must be strings, got {bad[:5]!r}")
-    dup = _duplicates(ids)
-    if dup:
-        raise ValueError(f"ids {dup} appear more than once")
+    _check_ids(ids, "random_split")
     num_labeled = _count("num_labeled", num_labeled, 1)
     num_validation = _count("num_validation", num_validation, 0)
     seed = _count("seed", seed, 0)

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import optional_import
 
+from plc_monai._ignite import Engine, Events
 from plc_monai.atomic_files import atomic_torch_save
 from plc_monai.runtime import is_main_process
-
-Events, _ = optional_import("ignite.engine", name="Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", name="Engine")
 
 __all__ = ["RoundModelSaver", "round_model_path"]
 
@@ -34,7 +28,6 @@ ROUND_FILENAME = "model_round_{round}.pt"
 def round_model_path(save_dir: str | os.PathLike, round_index: int) -> Path:
     """Where :class:`RoundModelSaver` writes the model of round ``round_index`` (0: the warm-up model)."""
     return Path(save_dir) / ROUND_FILENAME.format(round=int(round_index))
-
 
 
 class RoundModelSaver:
