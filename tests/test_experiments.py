@@ -297,6 +297,14 @@ def test_harness_end_to_end_and_resume(phantom, tmp_path):
     assert "| Self-training [9] |" in table and "| Pseudo-labels joint Tr. (inter) |" in table
     assert "0.690 (Table I)" in table and "0.759 (Table I)" in table  # the paper's ACDC tr1 values
     assert "round 2" in table
+    # which phase each reported model came from, read from the run's best_models.json
+    assert "## Which model each run reports" in table
+    for run in result["runs"]:
+        best = json.loads((Path(run["run_dir"]) / "models" / "best_models.json").read_text())
+        assert run["model_phase"] == best["model.pt"]["phase"] == "joint"  # the default model_selection: final_phase
+        assert run["model_val_dice"] == best["model.pt"]["metric"]
+        assert set(run["val_best"]) == {"warmup", "round 1", "round 2"}
+        assert f"| {run['method']} | c1 | joint (iteration {run['model_iteration']}) |" in table
     for fig in ("round_dice.png", "tsne_c1.png", "examples_c1.png"):
         path = out / "figures" / fig
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -82,6 +82,7 @@ def _run_record(run: RunSpec) -> dict[str, Any]:
             rounds[k] = json.loads(path.read_text())["mean_foreground_dice"]["mean"]
     marker = json.loads(run.train_marker.read_text()) if run.train_marker.is_file() else {}
     return {
+        **_model_origin(run.ckpt_dir / "best_models.json"),
         "method": run.method,
         "combo": run.combo,
         "run_dir": str(run.run_dir),
@@ -91,6 +92,43 @@ def _run_record(run: RunSpec) -> dict[str, Any]:
         "train_seconds": marker.get("seconds"),
         "dropped_overrides": run.dropped,
     }
+
+
+def _model_origin(path: Path) -> dict[str, Any]:
+    """Where the run's ``model.pt`` came from, read from ``best_models.json`` (written by
+    :class:`plc_monai.checkpointing.BestModelPerPhase`): its phase, iteration and validation Dice, and
+    the best validation Dice of the warm-up and of each pseudo-label round. Empty values when the file
+    is absent (a run from before the file existed)."""
+    if not path.is_file():
+        return {"model_phase": None, "model_iteration": None, "model_val_dice": None, "val_best": {}}
+    data = json.loads(path.read_text())
+    shipped = data.get("model.pt") or {}
+    val_best = {phase: entry.get("metric") for phase, entry in (data.get("phases") or {}).items() if phase == "warmup"}
+    val_best.update({f"round {k}": entry.get("metric") for k, entry in sorted((data.get("rounds") or {}).items())})
+    return {"model_phase": shipped.get("phase"), "model_iteration": shipped.get("iteration"),
+            "model_val_dice": shipped.get("metric"), "val_best": val_best}
+
+
+def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per run, the phase ``model.pt`` (the reported model) came from and the best
+    validation Dice of each phase, so a reader sees whether the joint phase beat the warm-up."""
+    known = [r for r in results if r.get("model_phase")]
+    if not known:
+        return []
+    columns = sorted({k for r in known for k in r["val_best"]}, key=lambda k: (k != "warmup", k))
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    table = [[r["method"], r["combo"], f"{r['model_phase']} (iteration {r['model_iteration']})",
+              cell(r["model_val_dice"]), *(cell(r["val_best"].get(k)) for k in columns), cell(r["mean_foreground_dice"])]
+             for r in known]
+    return ["", "## Which model each run reports", "",
+            "`model.pt` is the best validation model of the phase the bundle's `model_selection` names "
+            "(`final_phase`: the joint phase; `all_phases`: warm-up included); the validation columns are the "
+            "best mean foreground Dice on the validation volumes in each phase.", "",
+            *markdown_table(("method", "combo", "model.pt from", "its val Dice",
+                             *(f"best val {k}" for k in columns), "test Dice"), table)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +221,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
                                     else "n/a" for k in range(max_round + 1))] for r in with_rounds]
             lines += ["", "## Test Dice after each pseudo-labeling round (Fig. 4; round 0: the warm-up model)", "",
                       *markdown_table(("Method", *(f"round {k}" for k in range(max_round + 1))), table)]
+    lines += _origin_table(meta.get("run_records") or [])
     missing = meta.get("not_in_table") or {}
     if missing:
         lines += ["", f"## Runs not in the tables ({len(missing)} of {meta['n_runs']})", "",
@@ -218,8 +257,10 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
     table = [[r["method"], r["combo"], r["mean_foreground_dice"], r["train_seconds"],
-              ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["round_dice"].items())), r["run_dir"]] for r in results]
-    return csv_text(["method", "combo", "mean_foreground_dice", "train_seconds", "round_dice", "run_dir"], table)
+              ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["round_dice"].items())), r.get("model_phase"),
+              r.get("model_iteration"), r.get("model_val_dice"), r["run_dir"]] for r in results]
+    return csv_text(["method", "combo", "mean_foreground_dice", "train_seconds", "round_dice", "model_phase",
+                     "model_iteration", "model_val_dice", "run_dir"], table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +357,7 @@ def _write_results(
     }
     files = {"markdown": out / "results.md", "csv": out / "results.csv", "runs_csv": out / "runs.csv",
              "json": out / "results.json"}
-    markdown = format_markdown(rows, meta)
+    markdown = format_markdown(rows, {**meta, "run_records": results})
     atomic_write_text(files["markdown"], markdown)
     atomic_write_text(files["csv"], _csv_text(rows))
     atomic_write_text(files["runs_csv"], _runs_csv_text(results))
