@@ -101,6 +101,15 @@ class PixelContrastiveLoss(_Loss):
       (class-major, then sample; or pixel order with ``num_samples=None``), then self term before
       partner term. A batch with no term returns ``0`` still attached to ``features``.
 
+    Static shapes (graph-safe): every intermediate tensor has a shape fixed by ``B``, ``D``, the spatial
+    size, ``K`` candidate classes and ``S = num_samples``: ``num_samples`` anchors are drawn for every
+    (role, candidate class), ``[R, K, S]``, and a class absent from an image is masked (``valid``,
+    ``-inf`` similarities), never dropped. With ``check_inputs=False`` and reduction ``"mean"`` or
+    ``"sum"``, ``forward`` reads no device value on the host and calls no data-dependent-shape op
+    (boolean indexing, ``nonzero``, ``.item()``), so ``torch.compile(fullgraph=True)`` and CUDA graphs can
+    capture it; it gives the same value and gradient as with the checks on. ``"none"`` returns only
+    the terms that exist (a data-dependent length), and explicit ``pairs`` are range-checked on the host.
+
     Differences from the authors' TensorFlow code:
 
     - Their running sum of terms is divided by the per-pair term count ``N`` after every pair and
@@ -140,11 +149,13 @@ class PixelContrastiveLoss(_Loss):
                 terms).
             generator: random generator for anchor sampling. Defaults to torch's global RNG.
                 ``forward`` accepts one too, which takes precedence.
-            check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range) on every
-                call. Each check reads a device value on the host, i.e. synchronises a CUDA stream;
-                a training loop that already feeds valid labels may turn them off on the GPU. Shape
-                checks always run (they cost nothing). With the checks off, labels outside
-                ``[0, num_classes)`` give undefined (but memory-safe) results.
+            check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range; finite
+                integral floats; valid one-hot) on every call. Each check reads a device value on the
+                host, i.e. synchronises a CUDA stream; a training loop that already feeds valid labels
+                may turn them off on the GPU. Shape checks always run (they cost nothing). With the
+                checks off, labels outside ``[0, num_classes)`` give undefined (but memory-safe)
+                results, and ``forward`` with ``reduction`` ``"mean"`` or ``"sum"`` is graph-safe (see
+                the class docstring).
 
         Raises:
             ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
@@ -207,6 +218,8 @@ class PixelContrastiveLoss(_Loss):
                     f"one-hot labels shape {tuple(labels.shape)} does not match features shape "
                     f"{shape} in batch or spatial size."
                 )
+            if not self.check_inputs:
+                return onehot.argmax(dim=1).reshape(batch, -1)
             if onehot.is_floating_point() and not torch.isfinite(onehot).all():
                 raise ValueError("one-hot labels contain NaN or Inf.")
             if not (((onehot == 0) | (onehot == 1)).all() and (onehot.sum(dim=1) == 1).all()):
@@ -232,7 +245,7 @@ class PixelContrastiveLoss(_Loss):
             )
         if ids.dtype == torch.bool:
             ids = ids.long()
-        if ids.is_floating_point():
+        if ids.is_floating_point() and self.check_inputs:
             if not torch.isfinite(ids).all():
                 raise ValueError("labels contain NaN or Inf.")
             if (ids != torch.round(ids)).any():
