@@ -142,6 +142,23 @@ def test_derived_defaults(name):
     assert "inferer" not in parser["train#trainer"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_step_switch_is_off_by_default_and_selects_graph_safe_losses(name):
+    """``compile_step`` (off by default) gives the trainer the graph-safe Dice and an unchecked contrastive loss."""
+    from monai.losses import DiceLoss
+
+    from plc_monai.dice import GraphSafeDiceLoss
+
+    default = _parser(name, ["train"])
+    assert default.get_parsed_content("compile_step") is False
+    assert default["train#trainer"]["compile_step"] == "@compile_step"
+    assert isinstance(default.get_parsed_content("train#trainer#seg_loss"), DiceLoss)
+    assert default.get_parsed_content("contrastive_loss").check_inputs == (not torch.cuda.is_available())
+    compiled = _parser(name, ["train"], compile_step=True)
+    assert isinstance(compiled.get_parsed_content("train#trainer#seg_loss"), GraphSafeDiceLoss)
+    assert compiled.get_parsed_content("contrastive_loss").check_inputs is False
+
+
 def test_demo_config_merges_after_train_json(tmp_path):
     """``demo.json`` holds plain values (also usable as overrides) and passes the start-up checks."""
     from plc_monai.cli import demo_config
