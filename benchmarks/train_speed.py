@@ -114,6 +114,7 @@ def _import_project() -> dict[str, Any]:
         "ResumeCheckpoint": ("plc_monai.checkpointing", "ResumeCheckpoint"),
         "BestModelPerPhase": ("plc_monai.checkpointing", "BestModelPerPhase"),
         "TrainingProgress": ("plc_monai.progress", "TrainingProgress"),
+        "DegenerateBatchMonitor": ("plc_monai.monitoring", "DegenerateBatchMonitor"),
         "load_paper_split": ("plc_monai.data.splits", "load_paper_split"),
     }
     out: dict[str, Any] = {}
@@ -518,7 +519,7 @@ def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn
         epoch_length=epoch_length,
         network=network,
         optimizer=optimizer,
-        seg_loss=bundle.fresh("loss"),
+        seg_loss=bundle.fresh("graph_safe_loss" if bundle.value("compile_step") else "loss"),
         contrastive_loss=bundle.fresh("contrastive_loss"),
         labeled=labeled,
         unlabeled=unlabeled,
@@ -535,6 +536,7 @@ def build_trainer(mods: dict[str, Any], bundle: BundleObjects, network: torch.nn
         channels_last=channels_last,
         seed=seed,
         log_interval=int(bundle.value("log_interval")),
+        compile_step=bool(bundle.value("compile_step")),
         train_handlers=handlers,
     )
 
@@ -610,6 +612,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="profile 10 joint iterations of the engine run (and, with --full, 10 warm-up and 10 "
                              "joint iterations of the schedule) with torch.profiler; tables are written here")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="the engine with the bundle's compile_step on (torch.compile, CUDA graphs on CUDA); "
+                             "the yardstick (a) stays eager")
+    parser.add_argument("--handler-times", action="store_true",
+                        help="with --full: host seconds of every Ignite handler (ignite's HandlersTimeProfiler)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     for name in ("iterations", "threads", "spatial", "batch", "labeled_volumes", "unlabeled_volumes", "val_volumes",
@@ -724,6 +731,7 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
                                       exec_at_start=False),
             mods["BestModelPerPhase"](evaluator, network, tmp, metric_name="val_mean_dice"),
             mods["TrainingProgress"](log_interval=int(bundle.value("log_interval")), tensorboard_dir=None),
+            mods["DegenerateBatchMonitor"](num_classes, interval=int(bundle.value("log_interval"))),
         ]
         handlers[0].save = timed_save(handlers[0].save)  # before build_trainer attaches it
         trainer = build_trainer(mods, bundle, network, pools["labeled"], pools["unlabeled"], store, device, args.amp,
@@ -771,6 +779,7 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
                     windows.append(ProfileWindow(events, device, last - PROFILE_ITERATIONS, PROFILE_ITERATIONS - 1,
                                                  args.profile_dir / f"profile_schedule_{name}.txt"))
                     windows[-1].attach(trainer)
+        profiler = HandlerTimes(trainer) if args.handler_times else None  # last: it wraps what is attached
         with _Section(device, record, "full_schedule") as section:
             trainer.run()
     refresh_s = sum(r["duration_s"] for r in handlers[1].history)
@@ -788,9 +797,55 @@ def run_full(mods: dict[str, Any], bundle: BundleObjects, pools: dict[str, Any],
         "refreshes": len(handlers[1].history),
         "best_val_mean_dice": {k: v["metric"] for k, v in handlers[3].best.items()},
         "handlers": "ResumeCheckpoint (temp dir), PseudoLabelRefresh, ValidationHandler, BestModelPerPhase, "
-                    "TrainingProgress (no TensorBoard)",
+                    "TrainingProgress (no TensorBoard), DegenerateBatchMonitor",
         "profiles": [w.summary for w in windows],
+        "handler_us_per_iteration": None if profiler is None else profiler.costs(int(trainer.state.iteration)),
     }
+
+
+class HandlerTimes:
+    """Host time of every Ignite handler of an engine, per (handler, event), without synchronising the device.
+
+    Wraps each handler registered when it is built. A handler registered with an event filter (``every``,
+    ``once``, ``event_filter``) is timed with its filter, so a handler that fires every 50 iterations
+    shows its filter's cost on the other 49. Ignite's own wrappers are named after the handler they wrap.
+
+    Args:
+        engine: an Ignite engine with its handlers attached.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        for event, entries in engine._event_handlers.items():
+            for position, (func, args, kwargs) in enumerate(entries):
+                key = f"{self._name(func)} @ {getattr(event, 'name', event)}"
+                entries[position] = (self._timed(func, key), args, kwargs)
+
+    @staticmethod
+    def _name(func: Callable) -> str:
+        parent = getattr(func, "_parent", None)
+        inner = parent() if parent is not None else func
+        owner = getattr(inner, "__self__", None)
+        if owner is not None:
+            return f"{type(owner).__name__}.{inner.__name__}"
+        return getattr(inner, "__qualname__", type(inner).__name__)
+
+    def _timed(self, func: Callable, key: str) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+                self.calls[key] = self.calls.get(key, 0) + 1
+        return timed
+
+    def costs(self, iterations: int) -> dict[str, dict[str, float]]:
+        """``{"<handler> @ <event>": {"us_per_iteration", "total_s", "calls"}}``, largest first."""
+        rows = {key: {"us_per_iteration": 1e6 * total / max(1, iterations), "total_s": total, "calls": self.calls[key]}
+                for key, total in self.seconds.items()}
+        return dict(sorted(rows.items(), key=lambda item: -item[1]["us_per_iteration"]))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -841,7 +896,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
     channels = args.channels or channels
     if spatial % 2 ** (len(channels) - 1) != 0:
         raise SystemExit(f"--spatial {spatial} must be divisible by 2**{len(channels) - 1} for widths {channels}.")
-    overrides = {"batch_size": batch, "labeled_per_batch": labeled_per_batch, "crop_size": spatial, "channels": channels}
+    overrides = {"batch_size": batch, "labeled_per_batch": labeled_per_batch, "crop_size": spatial, "channels": channels,
+                 "compile_step": args.compile_step}
     bundle = BundleObjects(mods["ConfigParser"], args.bundle_config, overrides)
     split = mods["load_paper_split"](bundle.value("dataset_name"), bundle.value("setting"), bundle.value("combo"))
     cuda = device.type == "cuda"
@@ -859,7 +915,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.dev
     if args.amp:
         amp_dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
     config = {
-        "size": args.size, "device": str(device), "amp": args.amp,
+        "size": args.size, "device": str(device), "amp": args.amp, "compile_step": args.compile_step,
         "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
         "channels_last": args.channels_last, "batch_size": batch, "labeled_per_batch": labeled_per_batch,
         "spatial": [spatial, spatial], "channels": channels, "num_classes": num_classes,
