@@ -43,7 +43,8 @@ def _test_dice(tmp_path, ckpt, name: str) -> dict:
 
 @pytest.mark.slow
 def test_short_training_on_real_acdc_beats_an_untrained_network(tmp_path) -> None:
-    run_bundle(["run", "training", "--config_file", config_arg("acdc", "train")], _overrides(tmp_path)).check()
+    # about 90 s on a quiet 2-core CPU; the long timeout only keeps a busy machine from failing it
+    run_bundle(["run", "training", "--config_file", config_arg("acdc", "train")], _overrides(tmp_path), timeout=1800).check()
     trained = _test_dice(tmp_path, tmp_path / "run" / "models" / "model.pt", "trained")
 
     torch.manual_seed(0)
