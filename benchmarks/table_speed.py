@@ -20,7 +20,7 @@ Usage (on a GPU machine)::
     python benchmarks/table_speed.py --out table_speed --k 1,2,4
     # within a ~10 minute GPU slot: 2 % of the iterations (100 warm-up + 3 x 100)
     python benchmarks/table_speed.py --out table_speed --k 1,2,4 --iterations_scale 0.02
-    # the script itself on a CPU (minutes; no GPU figures)
+    # the script itself on a CPU (no GPU figures; measured 536 s for K=1 on a 2-core CPU, phantom data)
     python benchmarks/table_speed.py --out /tmp/ts --k 1,2 --combos c1 --iterations_scale 0.004 --device cpu
 """
 
