@@ -103,8 +103,9 @@ def _model_origin(path: Path) -> dict[str, Any]:
         return {"model_phase": None, "model_iteration": None, "model_val_dice": None, "val_best": {}}
     data = json.loads(path.read_text())
     shipped = data.get("model.pt") or {}
-    val_best = {phase: entry.get("metric") for phase, entry in (data.get("phases") or {}).items() if phase == "warmup"}
-    val_best.update({f"round {k}": entry.get("metric") for k, entry in sorted((data.get("rounds") or {}).items())})
+    phases, rounds = data.get("phases") or {}, data.get("rounds") or {}
+    val_best = {"warmup": phases["warmup"].get("metric")} if "warmup" in phases else {}
+    val_best.update({f"round {k}": rounds[k].get("metric") for k in sorted(rounds, key=int)})
     return {"model_phase": shipped.get("phase"), "model_iteration": shipped.get("iteration"),
             "model_val_dice": shipped.get("metric"), "val_best": val_best}
 
@@ -115,7 +116,9 @@ def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
     known = [r for r in results if r.get("model_phase")]
     if not known:
         return []
-    columns = sorted({k for r in known for k in r["val_best"]}, key=lambda k: (k != "warmup", k))
+    names = {k for r in known for k in r["val_best"]}
+    rounds = sorted((k for k in names if k != "warmup"), key=lambda k: int(k.split()[1]))  # "round 10" after "round 9"
+    columns = (["warmup"] if "warmup" in names else []) + rounds
 
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -188,9 +191,12 @@ def aggregate(
     return rows
 
 
-def format_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+def format_markdown(
+    rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()
+) -> str:
     """The results as Markdown: the main table (like the paper's Table I), per-structure tables, rounds,
-    the runs missing from the tables, figures, machine and timing."""
+    which model each of ``runs`` (the runs' records) reports, the runs missing from the tables, figures,
+    machine and timing."""
     dataset, setting = meta["dataset"], meta["setting"]
     lines = [
         f"# Results: {dataset}, setting {setting}, split {meta['split']}",
@@ -221,7 +227,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
                                     else "n/a" for k in range(max_round + 1))] for r in with_rounds]
             lines += ["", "## Test Dice after each pseudo-labeling round (Fig. 4; round 0: the warm-up model)", "",
                       *markdown_table(("Method", *(f"round {k}" for k in range(max_round + 1))), table)]
-    lines += _origin_table(meta.get("run_records") or [])
+    lines += _origin_table(runs)
     missing = meta.get("not_in_table") or {}
     if missing:
         lines += ["", f"## Runs not in the tables ({len(missing)} of {meta['n_runs']})", "",
@@ -357,7 +363,7 @@ def _write_results(
     }
     files = {"markdown": out / "results.md", "csv": out / "results.csv", "runs_csv": out / "runs.csv",
              "json": out / "results.json"}
-    markdown = format_markdown(rows, {**meta, "run_records": results})
+    markdown = format_markdown(rows, meta, results)
     atomic_write_text(files["markdown"], markdown)
     atomic_write_text(files["csv"], _csv_text(rows))
     atomic_write_text(files["runs_csv"], _runs_csv_text(results))
