@@ -1,13 +1,13 @@
-"""The optional compiled training step (``compile_step``): forward pass and both losses as one graph.
+"""The optional compiled training step (``compile_step``): forward, both losses, backward and the update.
 
 :meth:`SemiSupervisedTrainer.step_losses <plc_monai.engines.SemiSupervisedTrainer.step_losses>` (the
 network's forward pass, the Dice loss and the contrastive loss of one iteration) goes through
-``torch.compile`` with ``fullgraph=True`` and ``dynamic=False``. On CUDA the default
-``mode="reduce-overhead"`` replays the forward graph and its backward graph as CUDA graphs, instead of
-launching some hundreds of small kernels from Python each iteration. What stays eager, around the
-captured part: drawing the slices, the augmentations (their random draws change every iteration), the
-optimizer step, the pseudo-label refresh and validation (they call the network itself, which is not
-compiled), and every Ignite handler.
+``torch.compile`` with ``fullgraph=True`` and ``dynamic=False``; its backward is compiled with it, and
+``optimizer.step()`` is compiled too (:class:`CompiledOptimizerStep`). On CUDA the default
+``mode="reduce-overhead"`` replays three CUDA graphs per iteration (forward, backward, update) instead of
+launching some hundreds of small kernels from Python. What stays eager, around the captured part:
+drawing the slices, the augmentations (their random draws change every iteration), the pseudo-label
+refresh and validation (they call the network itself, which is not compiled), and every Ignite handler.
 
 A configuration that cannot be one graph is refused up front with a ``ValueError`` (see
 :func:`check_compilable`) rather than left to ``torch.compile``'s graph-break errors. Whether the
@@ -24,7 +24,7 @@ from monai.losses import DiceLoss
 
 from plc_monai.losses import PixelContrastiveLoss
 
-__all__ = ["CompiledLosses", "check_compilable", "COMPILE_DEFAULTS"]
+__all__ = ["CompiledLosses", "CompiledOptimizerStep", "check_compilable", "COMPILE_DEFAULTS"]
 
 #: ``torch.compile`` arguments of the compiled step; ``compile_options`` overrides them
 COMPILE_DEFAULTS: dict[str, Any] = {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
@@ -67,6 +67,16 @@ def check_compilable(trainer: Any) -> None:
         raise ValueError("compile_step cannot capture this configuration: " + "; ".join(problems) + ".")
 
 
+def _compile_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:data:`COMPILE_DEFAULTS` updated by ``options``; ``mode`` only for inductor, which alone takes it."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"compile_options must be a mapping of torch.compile arguments, got {options!r}.")
+    merged = {**COMPILE_DEFAULTS, **(options or {})}
+    if merged.get("backend", "inductor") != "inductor":
+        merged.pop("mode", None)
+    return merged
+
+
 class CompiledLosses:
     """``step_losses`` through ``torch.compile``; a call takes and returns what ``step_losses`` does.
 
@@ -83,11 +93,7 @@ class CompiledLosses:
     """
 
     def __init__(self, step_losses: StepLosses, device: torch.device, options: Mapping[str, Any] | None = None) -> None:
-        if options is not None and not isinstance(options, Mapping):
-            raise ValueError(f"compile_options must be a mapping of torch.compile arguments, got {options!r}.")
-        self.options = {**COMPILE_DEFAULTS, **(options or {})}
-        if self.options.get("backend", "inductor") != "inductor":
-            self.options.pop("mode", None)
+        self.options = _compile_options(options)
         self._compiled = torch.compile(step_losses, **self.options)
         # CUDA graph trees need to be told where an iteration starts (the step is not a plain fwd/bwd loop)
         self._mark_steps = torch.device(device).type == "cuda" and self.options.get("mode") == "reduce-overhead"
@@ -100,3 +106,75 @@ class CompiledLosses:
         out = self._compiled(x, y, seg_count, seg_weight, lambda_cont)
         # a CUDA graph's outputs are overwritten by its next replay: the logged values are copied out
         return {key: value if key == "loss" else value.clone() for key, value in out.items()}
+
+
+class CompiledOptimizerStep:
+    """``optimizer.step()`` through ``torch.compile``: the whole parameter update as one graph.
+
+    Eager Adam launches a few kernels per parameter tensor; compiled, inductor fuses the update and
+    ``mode="reduce-overhead"`` replays it as one CUDA graph. ``fullgraph`` is off here: PyTorch's
+    optimizers break the graph on purpose before the update (state set-up), and the update is captured
+    after it. The compiled step guards on the identity of the optimizer's state tensors, so the state is
+    reset and restored in place (:meth:`reset_state`, :meth:`load_state_dict`) instead of replacing the
+    tensors, which would recompile (tens of seconds on a GPU, each time).
+
+    Args:
+        optimizer: the trainer's optimizer.
+        options: ``torch.compile`` keyword arguments over :data:`COMPILE_DEFAULTS` (``fullgraph`` is ignored).
+
+    Raises:
+        ValueError: when ``options`` is not a mapping.
+    """
+
+    #: optimizers whose fresh state is all zeros, so that zeroing in place equals clearing it
+    ZERO_INIT_STATE = (torch.optim.Adam, torch.optim.AdamW)
+
+    def __init__(self, optimizer: torch.optim.Optimizer, options: Mapping[str, Any] | None = None) -> None:
+        self.optimizer = optimizer
+        self.options = {**_compile_options(options), "fullgraph": False}
+        self._compiled = torch.compile(optimizer.step, **self.options)
+
+    def __call__(self) -> None:
+        self._compiled()
+
+    def _state_tensors(self) -> list[dict[str, Any]]:
+        """The per-parameter state dicts in ``state_dict()`` order (``{}`` where a parameter has none)."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return [self.optimizer.state.get(p, {}) for p in params]
+
+    def reset_state(self) -> None:
+        """Forget the moments, as ``optimizer.state.clear()`` does, in place for Adam and AdamW."""
+        if not isinstance(self.optimizer, self.ZERO_INIT_STATE):
+            self.optimizer.state.clear()  # another optimizer's fresh state is not all zeros: recompiles once
+            return
+        for state in self._state_tensors():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``optimizer.load_state_dict(state_dict)``, copied into the existing state tensors where they all exist.
+
+        Args:
+            state_dict: a state dict of this optimizer (e.g. a deep copy kept at the round's best model).
+        """
+        current, saved = self._state_tensors(), state_dict["state"]
+
+        def same_layout(state: dict[str, Any], old: dict[str, Any]) -> bool:
+            return set(state) == set(old) and all(
+                not isinstance(v, torch.Tensor) or (isinstance(old[k], torch.Tensor) and old[k].shape == v.shape)
+                for k, v in state.items())
+
+        in_place = len(saved) == sum(1 for state in current if state) and all(
+            same_layout(state, saved.get(i, {})) for i, state in enumerate(current))
+        if not in_place:
+            self.optimizer.load_state_dict(state_dict)
+            return
+        for i, state in enumerate(current):
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.copy_(saved[i][key])
+                else:
+                    state[key] = saved[i][key]
+        for group, saved_group in zip(self.optimizer.param_groups, state_dict["param_groups"]):
+            group.update({key: value for key, value in saved_group.items() if key != "params"})

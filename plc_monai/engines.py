@@ -26,7 +26,7 @@ import torch
 from monai.engines import Trainer
 
 from plc_monai._ignite import Engine, Events
-from plc_monai.compiled_step import CompiledLosses, check_compilable
+from plc_monai.compiled_step import CompiledLosses, CompiledOptimizerStep, check_compilable
 from plc_monai.data.slice_pool import SlicePool
 from plc_monai.pseudo_labels import PseudoLabelStore
 from plc_monai.runtime import autocast_dtype
@@ -111,8 +111,9 @@ class SemiSupervisedTrainer(Trainer):
             authors did for the contrastive batch; falls back to all admitted slices when none does).
         seed: seed of the slice sampler; the augmentations are seeded with ``seed + 1`` and ``seed + 2``.
         log_interval: iterations between progress lines (loss values are read from the device only then).
-        compile_step: capture :meth:`step_losses` (forward pass and both losses) with ``torch.compile``
-            (``mode="reduce-overhead"``: CUDA graphs on a GPU); see :mod:`plc_monai.compiled_step`.
+        compile_step: capture :meth:`step_losses` (forward pass and both losses, with their backward) and
+            the optimizer step with ``torch.compile`` (``mode="reduce-overhead"``: CUDA graphs on a GPU);
+            see :mod:`plc_monai.compiled_step`.
             Off by default: the speed-up is unmeasured on a GPU so far.
         compile_options: ``torch.compile`` arguments over
             :data:`~plc_monai.compiled_step.COMPILE_DEFAULTS` (used only with ``compile_step``).
@@ -229,9 +230,11 @@ class SemiSupervisedTrainer(Trainer):
         self.unlabeled_slices = unlabeled_slices
         self.log_interval = max(1, int(log_interval))
         self.compiled_losses: CompiledLosses | None = None
+        self.compiled_optimizer_step: CompiledOptimizerStep | None = None
         if compile_step:
             check_compilable(self)
             self.compiled_losses = CompiledLosses(self.step_losses, device, compile_options)
+            self.compiled_optimizer_step = CompiledOptimizerStep(optimizer, compile_options)
         # under torch.distributed each rank draws its own slices and augmentations
         rank_seed = seed + 1000 * int(self.state.rank)
         self.sampler_generator = torch.Generator().manual_seed(rank_seed)
@@ -307,7 +310,7 @@ class SemiSupervisedTrainer(Trainer):
             self.logger.info(f"round {ended + 1}: no validated model of round {ended} to restore; continuing")
             return
         getattr(self.network, "module", self.network).load_state_dict(best["network"])
-        self.optimizer.load_state_dict(best["optimizer"])
+        (self.compiled_optimizer_step or self.optimizer).load_state_dict(best["optimizer"])
         self.logger.info(f"round {ended + 1}: continuing from the best model of round {ended}")
 
     def _start_joint(self, engine: Engine | None = None) -> None:
@@ -315,7 +318,9 @@ class SemiSupervisedTrainer(Trainer):
         if self.best_warmup_state is not None:
             getattr(self.network, "module", self.network).load_state_dict(self.best_warmup_state)
             self.logger.info("joint phase: starting from the best warm-up weights")
-        if self.reset_optimizer_at_joint:
+        if self.reset_optimizer_at_joint and self.compiled_optimizer_step is not None:
+            self.compiled_optimizer_step.reset_state()  # in place: new state tensors would recompile the update
+        elif self.reset_optimizer_at_joint:
             self.optimizer.state.clear()
         self.joint_started = True
 
@@ -477,7 +482,7 @@ class SemiSupervisedTrainer(Trainer):
             self.grad_scaler.update()
         else:
             loss.backward()
-            self.optimizer.step()
+            (self.compiled_optimizer_step or self.optimizer.step)()
         # a compiled step's loss lives in a CUDA graph's output buffer, which the next replay overwrites
         out["loss"] = loss.detach() if self.compiled_losses is None else loss.detach().clone()
         return out

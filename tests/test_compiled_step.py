@@ -23,7 +23,7 @@ from test_engines import SIZE, _pool  # noqa: E402
 from test_losses import _reference_anchors  # noqa: E402
 
 from plc_monai._ignite import Events  # noqa: E402
-from plc_monai.compiled_step import COMPILE_DEFAULTS, CompiledLosses  # noqa: E402
+from plc_monai.compiled_step import COMPILE_DEFAULTS, CompiledLosses, CompiledOptimizerStep  # noqa: E402
 from plc_monai.dice import GraphSafeDiceLoss  # noqa: E402
 from plc_monai.data.augment import RandBrightnessContrastBatchd, RandSpatialBatchd  # noqa: E402
 from plc_monai.engines import SemiSupervisedTrainer  # noqa: E402
@@ -89,7 +89,14 @@ def test_value_checks_read_the_device_and_are_not_one_graph() -> None:
         traced(features, labels)
 
 
-def _trainer(compile_step: bool, handlers: list | None = None, device: str = "cpu",
+def _sgd(params) -> torch.optim.Optimizer:
+    """Plain SGD: its compiled update is the eager one to the bit on a CPU (compiled Adam computes its bias
+    correction in float32 tensors where eager Adam uses Python floats, a rounding-level difference that a
+    pseudo-label refresh can amplify; it is compared with eager Adam on its own below)."""
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def _trainer(compile_step: bool, handlers: list | None = None, device: str = "cpu", optimizer=_sgd,
              **kwargs) -> tuple[SemiSupervisedTrainer, PseudoLabelRefresh]:
     """12 iterations (6 warm-up, 6 joint), refresh every 3, on ``[4, 1, 32, 32]`` batches.
 
@@ -102,7 +109,7 @@ def _trainer(compile_step: bool, handlers: list | None = None, device: str = "cp
     refresh = PseudoLabelRefresh(store, unlabeled.images, net, interval=3, start_iteration=6)
     options = {"contrastive_loss": PixelContrastiveLoss(3, check_inputs=False), "seg_loss": GraphSafeDiceLoss(), **kwargs}
     trainer = SemiSupervisedTrainer(
-        device=device, max_epochs=4, epoch_length=3, network=net, optimizer=torch.optim.Adam(net.parameters(), lr=1e-2),
+        device=device, max_epochs=4, epoch_length=3, network=net, optimizer=optimizer(net.parameters()),
         labeled=labeled, unlabeled=unlabeled, pseudo_labels=store,
         warmup_iterations=6, batch_size=4, labeled_per_batch=2, lambda_cont=0.1,
         seg_augmentation=RandSpatialBatchd(), intensity_augmentation=RandBrightnessContrastBatchd(),
@@ -158,6 +165,82 @@ def test_compile_step_refuses_configurations_that_are_not_one_graph() -> None:
         _trainer(True, shared_forward=False)
     with pytest.raises(ValueError, match="mapping"):
         CompiledLosses(lambda *a: {}, torch.device("cpu"), options=["reduce-overhead"])
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+def test_compiled_optimizer_step_equals_eager_and_resets_and_restores_without_recompiling(optimizer_class) -> None:
+    """The update as a graph: the same weights as eager through a reset (the joint phase's fresh optimizer)
+    and a restore (the round's best state); Adam's state is reset and restored in place, so nothing
+    recompiles after the first step (SGD's fresh momentum is not zeros: its reset clears the state)."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))]
+    nets.append(copy.deepcopy(nets[0]))
+    kwargs = {"lr": 1e-2} if optimizer_class is not torch.optim.SGD else {"lr": 1e-2, "momentum": 0.9}
+    eager_opt, opt = (optimizer_class(net.parameters(), **kwargs) for net in nets)
+    compiled = CompiledOptimizerStep(opt, {"backend": "aot_eager"})
+    inputs = torch.randn(5, 16, 6, generator=torch.Generator().manual_seed(1))
+
+    def step(k: int) -> None:
+        for net, optimizer, update in ((nets[0], eager_opt, eager_opt.step), (nets[1], opt, compiled)):
+            optimizer.zero_grad(set_to_none=True)
+            net(inputs[k]).pow(2).mean().backward()
+            update()
+
+    step(0)
+    saved = [copy.deepcopy(o.state_dict()) for o in (eager_opt, opt)]
+    before = [t for state in compiled._state_tensors() for t in state.values() if isinstance(t, torch.Tensor)]
+    zero_init = optimizer_class is not torch.optim.SGD
+    with torch._dynamo.config.patch(error_on_recompile=zero_init):
+        step(1)
+        eager_opt.state.clear()
+        compiled.reset_state()
+        step(2)
+        eager_opt.load_state_dict(saved[0])
+        compiled.load_state_dict(saved[1])
+        step(3)
+        step(4)
+    after = [t for state in compiled._state_tensors() for t in state.values() if isinstance(t, torch.Tensor)]
+    assert all(a is b for a, b in zip(before, after)) == zero_init
+    for a, b in zip(*(net.parameters() for net in nets)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="mapping"):
+        CompiledOptimizerStep(opt, options="reduce-overhead")
+
+
+def test_compiled_trainer_resets_and_restores_adam_in_place() -> None:
+    """The compiled trainer with Adam: the joint phase starts from zeroed moments and the second round
+    from the kept round-best weights and optimizer state, written into the tensors the compiled update
+    was traced with (new tensors would recompile it)."""
+    trainer, _ = _trainer(True, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+                          round_length=3, restore_best_each_round=True)
+    seen = {}
+
+    def tensors(e) -> list[torch.Tensor]:
+        return [t for state in e.compiled_optimizer_step._state_tensors() for t in state.values()]
+
+    def at_joint_start(e) -> None:
+        seen["joint"] = tensors(e)
+        assert seen["joint"] and all(not t.any() for t in seen["joint"])
+
+    def keep(e) -> None:
+        seen["kept"] = copy.deepcopy(e.optimizer.state_dict())
+        e.keep_round_best(copy.deepcopy(e.network.state_dict()))
+
+    def at_round_two(e) -> None:
+        assert all(a is b for a, b in zip(tensors(e), seen["joint"]))
+        for key, value in e.best_round_state["network"].items():
+            assert torch.equal(e.network.state_dict()[key], value)
+        for i, state in seen["kept"]["state"].items():
+            for key, value in state.items():
+                assert torch.equal(e.optimizer.state_dict()["state"][i][key], value)
+        seen["restored"] = True
+
+    # the trainer's own handlers (registered first) run before these at the same event
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=7), at_joint_start)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=8), keep)
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=10), at_round_two)
+    trainer.run()
+    assert seen.get("restored")
 
 
 def test_compile_options_keep_mode_for_inductor_only() -> None:
