@@ -116,6 +116,9 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, dtype=torch.float64)
 
+    def _uniform(self, bounds: tuple[float, float], n: int) -> torch.Tensor:
+        return bounds[0] + (bounds[1] - bounds[0]) * self._rand(n)
+
     def _gather(self, data: Mapping[Hashable, Any]) -> dict[Hashable, torch.Tensor]:
         """Plain tensors of the present keys, in key order (a MetaTensor loses its metadata)."""
         out = {}
@@ -144,8 +147,7 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
             randomize: draw new parameters; ``False`` reuses ``self.params`` (set it to inject parameters).
 
         Returns:
-            a shallow copy of ``data`` with the keys replaced by transformed tensors of the same dtype and
-            device.
+            a shallow copy of ``data``, the keys replaced by transformed tensors (same dtype and device).
 
         Raises:
             ValueError: on a shape, dtype or mode mismatch, naming the key and its shape.
@@ -318,10 +320,8 @@ class RandSpatialBatchd(_BatchRandomizable):
             b, spatial_dims = ref.shape[0], ref.ndim - 2
         # Every field is drawn on every call, so the stream does not depend on the options chosen.
         apply = self._rand(b) < self.prob
-        lo, hi = self.rotate_range
-        angle = lo + (hi - lo) * self._rand(b)
-        slo, shi = self.scale_range
-        scale = slo + (shi - slo) * self._rand(b)
+        angle = self._uniform(self.rotate_range, b)
+        scale = self._uniform(self.scale_range, b)
         flip = self._rand(b) < self.flip_prob
         angle45 = 45.0 * torch.randint(0, 8, (b,), generator=self.generator).double()
         use45 = self._rand(b) < self.rotate45_prob
@@ -390,11 +390,10 @@ class RandSpatialBatchd(_BatchRandomizable):
     ) -> torch.Tensor:
         """The ``grid_sample`` grid of ``params`` for images of ``spatial_shape``.
 
-        With ``M`` the output -> source map (:meth:`source_matrices`), ``u`` the centred pixel coordinates
-        and ``d(u)`` the upsampled elastic field, the source point is ``M (u + d(u))``, divided by ``n / 2``
-        per axis. Both terms are separable, so the grid is one matmul of per-axis factors
-        (:meth:`_axis_factor`) with a small per-sample coefficient tensor. On CUDA it runs in float64 so
-        that TF32 matmul settings cannot blur the coordinates.
+        The source of centred pixel ``u`` is ``M (u + d(u)) / (n / 2)`` per axis, with ``M`` from
+        :meth:`source_matrices` and ``d`` the upsampled elastic field; both terms are separable, so the grid
+        is one matmul of per-axis factors with a small per-sample coefficient tensor (float64 on CUDA, so
+        that TF32 matmul settings cannot blur the coordinates).
 
         Args:
             params: per-sample parameters (``B`` samples).
@@ -560,11 +559,9 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
         b = data if isinstance(data, int) else self._reference(data, range(3, 65)).shape[0]
         n = b if self.per_sample else 1
         apply = self._rand(b) < self.prob
-        blo, bhi = self.brightness
-        clo, chi = self.contrast
-        delta = (blo + (bhi - blo) * self._rand(n)).expand(b)
-        factor = (clo + (chi - clo) * self._rand(n)).expand(b)
-        self.params = IntensityBatchParams(apply=apply, delta=delta.clone(), factor=factor.clone())
+        delta = self._uniform(self.brightness, n).expand(b).clone()
+        factor = self._uniform(self.contrast, n).expand(b).clone()
+        self.params = IntensityBatchParams(apply=apply, delta=delta, factor=factor)
         self._do_transform = bool(apply.any())
 
     def _transform(self, tensors: dict[Hashable, torch.Tensor], randomize: bool) -> dict[Hashable, torch.Tensor]:

@@ -286,28 +286,6 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
         return d
 
 
-def _resample_to_full_grid(
-    small: np.ndarray, small_origin: np.ndarray, small_spacing: np.ndarray, full_shape: Sequence[int], full_spacing
-) -> np.ndarray:
-    """Linearly resample ``small`` (numpy axis order, 2D or 3D) onto the full grid, as float32 ``full_shape``.
-
-    Both grids are axis-aligned with identity direction; the full grid has origin 0. Points beyond the
-    outermost ``small`` voxel centres take the border value (ITK's linear resampling would write 0 there).
-    ``small_origin``, ``small_spacing`` and ``full_spacing`` are given per numpy axis.
-    """
-    ndim = small.ndim
-    coords = []
-    for ax in range(ndim):
-        idx = (np.arange(full_shape[ax]) * full_spacing[ax] - small_origin[ax]) / small_spacing[ax]
-        n = small.shape[ax]
-        coords.append(torch.as_tensor(2.0 * idx / (n - 1) - 1.0 if n > 1 else np.zeros_like(idx), dtype=torch.float32))
-    mesh = torch.meshgrid(*coords, indexing="ij")
-    grid = torch.stack(mesh[::-1], dim=-1).unsqueeze(0)  # grid_sample wants (x=last axis, ..., first axis)
-    src = torch.as_tensor(np.ascontiguousarray(small), dtype=torch.float32)[None, None]
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, 0].numpy()
-
-
 def _check_n4_arguments(mask: str | None, shrink_factor: int, num_fitting_levels: int, num_iterations: int) -> None:
     """Raise ``ValueError`` for an unknown mask mode or a non-positive N4 setting."""
     if mask not in ("otsu", None):
@@ -397,16 +375,21 @@ def n4_bias_field_correction(
     n4.SetMaximumNumberOfIterations([int(num_iterations)] * int(num_fitting_levels))
     n4.SetConvergenceThreshold(float(convergence_threshold))
     n4.Update()
-    log_bias_small = n4.ReconstructBiasField(n4.GetLogBiasFieldControlPointLattice())
-    log_bias = _resample_to_full_grid(
-        itk.array_from_image(log_bias_small),
-        np.asarray(log_bias_small.GetOrigin(), dtype=float)[::-1],
-        np.asarray(log_bias_small.GetSpacing(), dtype=float)[::-1],
-        vol.shape,
-        sp,
-    )
+    log_bias_itk = n4.ReconstructBiasField(n4.GetLogBiasFieldControlPointLattice())
+    # Linear resampling to full resolution (origin 0); beyond the outermost coarse voxel centres the border
+    # value is kept, where ITK's linear resampling would write 0 (no correction along a band at each edge).
+    coarse = itk.array_from_image(log_bias_itk)
+    origin = np.asarray(log_bias_itk.GetOrigin(), dtype=float)[::-1]
+    step = np.asarray(log_bias_itk.GetSpacing(), dtype=float)[::-1]
+    coords = []
+    for ax, n in enumerate(coarse.shape):
+        idx = (np.arange(vol.shape[ax]) * sp[ax] - origin[ax]) / step[ax]
+        coords.append(torch.as_tensor(2.0 * idx / (n - 1) - 1.0 if n > 1 else np.zeros_like(idx), dtype=torch.float32))
+    grid = torch.stack(torch.meshgrid(*coords, indexing="ij")[::-1], dim=-1)[None]  # grid_sample: last axis first
+    src = torch.as_tensor(np.ascontiguousarray(coarse), dtype=torch.float32)[None, None]
+    log_bias = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0].numpy()
     corrected = (vol / np.exp(log_bias)).astype(np.float32)
-    return corrected.reshape(arr.shape), log_bias.astype(np.float32).reshape(arr.shape)
+    return corrected.reshape(arr.shape), log_bias.reshape(arr.shape)
 
 
 class N4BiasFieldCorrectiond(MapTransform):
@@ -469,10 +452,8 @@ class PercentileNormalized(MapTransform):
     """Per-volume percentile normalisation ``(x - p_lower) / (p_upper - p_lower)``, then optional clipping.
 
     Percentiles are taken over the whole volume (all channels) with numpy's linear interpolation, as the
-    authors' ``normalize_minmax_data``. The bundles clip to ``intensity_range`` (``[0, 1.5]``), the range the
-    training augmentation clips to. MONAI's ``ScaleIntensityRangePercentilesd(lower, upper, 0, 1,
-    clip=False)`` computes the same map but silently returns ``x - p_lower`` for a constant image; here
-    that is an error.
+    authors' ``normalize_minmax_data``. MONAI's ``ScaleIntensityRangePercentilesd`` computes the same map
+    but silently returns ``x - p_lower`` for a constant image; here that is an error.
 
     Args:
         keys: image keys.
