@@ -217,30 +217,25 @@ class RandSpatialBatchd(_BatchRandomizable):
 
     Args:
         keys: keys of the batch tensors to transform.
-        mode: ``grid_sample`` mode per key: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` (2D only).
-            Integer and bool keys must use ``"nearest"``. Defaults to ``("bilinear", "nearest")``.
-        prob: per-sample probability of transforming the sample at all. Defaults to 1.0.
-        rotate_range: rotation range in **degrees** (not radians as in MONAI's ``RandAffine``): a number
-            ``r`` means ``U(-r, r)``, a pair ``(lo, hi)`` means ``U(lo, hi)``. Defaults to 15.
-        rotate45_prob: ``affine_mode="compose"`` only: probability of an extra rotation by ``k * 45``
-            degrees. Defaults to 0.2 (the frequency of that option in the paper mode).
+        mode: ``grid_sample`` mode per key: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` (2D only); integer
+            and bool keys need ``"nearest"``.
+        prob: per-sample probability of transforming the sample at all.
+        rotate_range: rotation in **degrees** (not radians as in MONAI's ``RandAffine``): a number ``r`` means
+            ``U(-r, r)``, a pair ``(lo, hi)`` means ``U(lo, hi)``.
+        rotate45_prob: ``affine_mode="compose"`` only: probability of an extra rotation by ``k * 45`` degrees
+            (the default is that option's frequency in paper mode).
         scale_range: zoom factor range: a number ``s`` means ``U(1 - s, 1 + s)``, a pair is taken as is.
-            Defaults to ``(0.95, 1.05)``.
         flip_prob: probability of the left-right flip (when the flip option is chosen in paper mode).
-            Defaults to 0.5.
-        elastic_prob: per-sample probability of the elastic displacement: ``elastic_grid`` coarse offsets
-            per axis, ``N(0, elastic_sigma)`` pixels, upsampled to the image size. Defaults to 0.5 (the
-            authors deform about half of each batch).
-        elastic_sigma: standard deviation of the coarse displacements in pixels. Defaults to 5.0.
-        elastic_grid: number of coarse grid points per axis. Defaults to 3.
-        padding_mode: ``grid_sample`` padding per key (``"zeros"``, ``"border"``, ``"reflection"``).
-            Defaults to ``"zeros"`` (the authors fill with 0).
-        affine_mode: ``"paper"`` (default, the authors' code): per sample one of
-            :data:`PAPER_AFFINE_OPTIONS` (rotation, scale, flip, ``k * 45`` degrees with ``k ~ U{0..7}``,
-            nothing); ``"compose"``: rotation and scale always, flip and the ``k * 45`` rotation with their
-            probabilities, all together.
-        affine_choice_weights: paper mode: relative weights of :data:`PAPER_AFFINE_OPTIONS`.
-            Defaults to uniform.
+        elastic_prob: per-sample probability of the elastic displacement: ``elastic_grid`` coarse offsets per
+            axis, ``N(0, elastic_sigma)`` pixels, upsampled to the image size (the authors deform about half
+            of each batch).
+        elastic_sigma: standard deviation of the coarse displacements in pixels.
+        elastic_grid: number of coarse grid points per axis.
+        padding_mode: ``grid_sample`` padding per key: ``"zeros"`` (as the authors), ``"border"``, ``"reflection"``.
+        affine_mode: ``"paper"`` (the authors' code): per sample one of :data:`PAPER_AFFINE_OPTIONS` (rotation,
+            scale, flip, ``k * 45`` degrees with ``k ~ U{0..7}``, nothing); ``"compose"``: rotation and scale
+            always, flip and the ``k * 45`` rotation with their probabilities, all together.
+        affine_choice_weights: paper mode: relative weights of :data:`PAPER_AFFINE_OPTIONS` (``None``: uniform).
         elastic_upsample: ``"bicubic"`` (the authors' order-3 resize) or ``"bilinear"``, as ``F.interpolate``
             with ``align_corners=False``; evaluated separably, so bicubic works in 3D too.
         allow_missing_keys: do not raise when a key is absent.
@@ -510,12 +505,10 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
 
     Args:
         keys: keys of ``[B, C, *spatial]`` floating-point batch tensors.
-        prob: per-sample probability of changing the sample. Defaults to 1.0.
+        prob: per-sample probability of changing the sample.
         brightness: a number ``b`` means ``delta ~ U(-b, b)``; a pair ``(lo, hi)`` means ``U(lo, hi)``.
-            Defaults to 0.3.
-        contrast: a pair ``(lo, hi)`` for ``factor ~ U(lo, hi)``, or a number ``c`` for
-            ``U(1 - c, 1 + c)``. Defaults to ``(0.7, 1.3)``.
-        clip: ``(low, high)`` output range, or ``None`` for no clipping. Defaults to ``(0.0, 1.5)``.
+        contrast: a pair ``(lo, hi)`` for ``factor ~ U(lo, hi)``, or a number ``c`` for ``U(1 - c, 1 + c)``.
+        clip: ``(low, high)`` output range, or ``None`` for no clipping.
         per_sample: independent draws per sample (``True``) or one draw for the batch (``False``, the
             authors' TF graph).
         allow_missing_keys: do not raise when a key is absent.
