@@ -1,46 +1,20 @@
 """Batched training augmentations of the paper as MONAI randomizable dictionary transforms.
 
-Both transforms take a whole batch ``[B, C, H, W]`` (or ``[B, C, H, W, D]`` for the spatial one) on
-whatever device it lives, draw independent parameters for every sample from a CPU
-:class:`torch.Generator`, and apply them with a handful of vectorised torch ops (no Python loop over
-the batch). They are ordinary MONAI transforms: usable in :class:`monai.transforms.Compose`, seeded
-through ``set_random_state`` and instantiable from bundle configs with ``_target_``.
+Both transforms take a whole batch ``[B, C, H, W]`` (or ``[B, C, H, W, D]`` for the spatial one) on any
+device, draw independent per-sample parameters from a CPU :class:`torch.Generator` and apply them with a
+few vectorised torch ops (no Python loop over the batch). They work in :class:`monai.transforms.Compose`,
+are seeded through ``set_random_state`` and can be built from bundle configs with ``_target_``.
 
-- :class:`RandSpatialBatchd`: rotation, isotropic scale, left-right flip, rotation by ``k * 45``
-  degrees and a smooth elastic displacement, folded into one sampling grid and one
-  :func:`torch.nn.functional.grid_sample` per key. Images are resampled bilinearly, label maps with
-  nearest neighbour so that they stay integer class ids.
-- :class:`RandBrightnessContrastBatchd`: additive brightness and contrast around each image's own mean,
-  then clipping; the intensity augmentation of the contrastive branch (Section III-C of the paper).
+- :class:`RandSpatialBatchd`: the authors' per-slice affine option and a smooth elastic displacement, one
+  ``grid_sample`` per key; labels are resampled with nearest neighbour, so they stay integer class ids.
+- :class:`RandBrightnessContrastBatchd`: brightness and contrast around each image's mean, then clipping.
 
-The paper (Chaitanya et al., Section IV-C) lists "crop, scale, rotation, flip, random elastic
-deformations, contrast and brightness" for the segmentation batch. What the authors' code does, and what
-the defaults here reproduce, is (``authors_implementation_facts.md`` section 4):
-
-- per slice, exactly one of five options, picked uniformly: rotation ``U(-15, 15)`` degrees, scale
-  ``U(0.95, 1.05)``, left-right flip with probability 0.5, rotation by ``k * 45`` degrees with
-  ``k in {0..7}``, or nothing (``affine_mode="paper"``);
-- then an elastic displacement from a ``3 x 3`` grid of ``N(0, 5)`` pixel offsets upsampled
-  bicubically, applied to a random subset of the batch (the authors deform the tail of the batch,
-  ``U{2..19}`` of 20 slices, i.e. about half; here each sample is deformed independently with
-  ``elastic_prob=0.5``);
-- no crop, and no intensity change on the segmentation batch (the authors compute one but an if/elif
-  ordering bug discards it). :func:`paper_seg_augmentation` can add it with ``intensity=True``.
-
-What the bundles' trainer does differs in one point: it applies :class:`RandBrightnessContrastBatchd`
-to every training batch, warm-up and joint (with one shared forward pass the segmentation and the
-contrastive batch are the same slices), clipped to the bundle's ``intensity_range`` ``[0, 1.5]``.
-Every other input (validation, test, pseudo-label prediction, inference) is clipped to the same range
-by ``PercentileNormalized(clip=...)`` in the preprocessing, so the network never sees at inference an
-intensity range that training never showed it.
-
-Deviation: the authors warp one-hot labels bilinearly (soft labels); here labels are resampled with
-nearest neighbour and keep their integer dtype, so Dice/CE targets stay hard class ids.
+The defaults, and where they deviate from the authors' code, are described in ``docs/method.md`` (D5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, RandomizableTransform
 from monai.utils import MAX_SEED, ensure_tuple_rep
 
@@ -65,19 +40,11 @@ __all__ = [
 #: ``np.random.randint(5)`` draw. ``affine_choice_weights`` of :class:`RandSpatialBatchd` follows it.
 PAPER_AFFINE_OPTIONS: tuple[str, ...] = ("rotate", "scale", "flip", "rotate45", "identity")
 
-_GRID_MODES = ("bilinear", "nearest", "bicubic")
-_PADDING_MODES = ("zeros", "border", "reflection")
-_AFFINE_MODES = ("paper", "compose")
 
-
-def _plain_tensor(value: Any, key: Hashable, owner: str) -> torch.Tensor:
-    """Return ``value`` as a plain :class:`torch.Tensor` (a MetaTensor loses its metadata)."""
-    if hasattr(value, "as_tensor") and isinstance(value, torch.Tensor):
-        return value.as_tensor()
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{owner}: key {key!r} must hold a tensor or array, got {type(value).__name__}.") from err
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+    return value
 
 
 def _check_prob(name: str, value: float) -> float:
@@ -100,11 +67,11 @@ def _symmetric_range(name: str, value: float | Sequence[float], centre: float = 
 
 
 class _BatchRandomizable(RandomizableTransform, MapTransform):
-    """Shared seeding, RNG state and input handling of the batched transforms.
+    """Seeding, RNG state and input handling shared by the batched transforms.
 
-    Parameters are drawn with ``self.generator`` (a CPU :class:`torch.Generator`), so a run is
-    reproducible on any device and independent of the global RNGs once seeded. ``self.R`` (MONAI's
-    numpy state) is kept in step for MONAI tooling but not used for draws.
+    Parameters are drawn from ``self.generator`` (CPU), so a seeded run is reproducible on any device and
+    independent of the global RNGs; MONAI's ``self.R`` is seeded alongside but not used for draws.
+    Subclasses implement ``_transform(tensors, randomize)`` on the gathered plain tensors.
     """
 
     def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool) -> None:
@@ -116,14 +83,10 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> _BatchRandomizable:
-        """Seed the parameter generator, MONAI style.
-
-        With neither argument, the seed is drawn from torch's global RNG, so ``torch.manual_seed`` (and
-        :func:`monai.utils.set_determinism`) make runs reproducible.
+        """Seed the parameter generator, MONAI style; with neither argument, from torch's global RNG.
 
         Args:
-            seed: integer seed (taken modulo ``MAX_SEED``; a non-integer object is seeded by its ``id``
-                as in MONAI). This is what :meth:`monai.transforms.Compose.set_random_state` passes.
+            seed: integer seed (modulo ``MAX_SEED``; another object is seeded by its ``id`` as in MONAI).
             state: a ``np.random.RandomState``; one integer drawn from it seeds the generator.
 
         Returns:
@@ -153,29 +116,65 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, dtype=torch.float64)
 
+    def _uniform(self, bounds: tuple[float, float], n: int) -> torch.Tensor:
+        return bounds[0] + (bounds[1] - bounds[0]) * self._rand(n)
+
     def _gather(self, data: Mapping[Hashable, Any]) -> dict[Hashable, torch.Tensor]:
-        """Plain tensors of the present keys, in key order."""
-        name = type(self).__name__
-        return {key: _plain_tensor(data[key], key, name) for key in self.key_iterator(dict(data))}
+        """Plain tensors of the present keys, in key order (a MetaTensor loses its metadata)."""
+        out = {}
+        for key in self.key_iterator(dict(data)):
+            value = data[key]
+            try:
+                out[key] = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(
+                    f"{type(self).__name__}: key {key!r} must hold a tensor or array, got {type(value).__name__}."
+                ) from err
+        return out
+
+    def _reference(self, data: Mapping[Hashable, Any] | torch.Tensor, ndims: Collection[int]) -> torch.Tensor:
+        """The batch tensor whose shape :meth:`randomize` reads: ``data`` itself or its first key."""
+        ref = data if isinstance(data, torch.Tensor) else next(iter(self._gather(data).values()), None)
+        if ref is None or ref.ndim not in ndims:
+            raise ValueError(f"{type(self).__name__}: cannot read [B, C, *spatial] from {type(data).__name__}.")
+        return ref
+
+    def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
+        """Transform the batch tensors of ``data``.
+
+        Args:
+            data: dictionary holding the batch tensors under ``keys`` (MetaTensors become plain tensors).
+            randomize: draw new parameters; ``False`` reuses ``self.params`` (set it to inject parameters).
+
+        Returns:
+            a shallow copy of ``data``, the keys replaced by transformed tensors (same dtype and device).
+
+        Raises:
+            ValueError: on a shape, dtype or mode mismatch, naming the key and its shape.
+        """
+        d = dict(data)
+        tensors = self._gather(d)
+        if tensors:
+            d.update(self._transform(tensors, randomize))
+        return d
 
 
 @dataclass(frozen=True)
 class SpatialBatchParams:
     """Resolved per-sample geometry of :class:`RandSpatialBatchd` (CPU tensors).
 
-    The forward map of sample ``b`` is: flip the width axis if ``flip[b]``, rotate by ``angle[b]``
-    degrees in the ``(H, W)`` plane (positive = the direction of ``torch.rot90(x, 1, dims=(-2, -1))``),
-    scale the content by ``scale[b]`` (``> 1`` magnifies) about the image centre, then displace by the
-    elastic field. Building this directly and calling the transform with ``randomize=False`` is the
-    deterministic injection hook.
+    The forward map of sample ``b``: flip the width axis if ``flip[b]``, rotate by ``angle[b]`` degrees in
+    the ``(H, W)`` plane (positive = the direction of ``torch.rot90(x, 1, dims=(-2, -1))``), scale by
+    ``scale[b]`` (``> 1`` magnifies) about the image centre, then displace by the elastic field. Set it as
+    ``params`` and call the transform with ``randomize=False`` to inject a deterministic geometry.
 
     Attributes:
         apply: ``[B]`` bool, samples that are transformed at all (the ``prob`` draw).
         angle: ``[B]`` float64 degrees.
         scale: ``[B]`` float64 isotropic zoom factors.
         flip: ``[B]`` bool, left-right (width axis) flip.
-        elastic: ``[B, N, g, g]`` (2D) or ``[B, N, g, g, g]`` (3D) float32 coarse displacement in
-            pixels, channel ``i`` along spatial axis ``i``; all zero for undeformed samples.
+        elastic: ``[B, N, g, g]`` (2D) or ``[B, N, g, g, g]`` (3D) float32 coarse displacement in pixels,
+            channel ``i`` along spatial axis ``i``; all zero for undeformed samples.
     """
 
     apply: torch.Tensor
@@ -199,39 +198,17 @@ class SpatialBatchParams:
     def unchanged(self) -> torch.Tensor:
         """``[B]`` bool: samples whose geometry is exactly the identity (they are passed through)."""
         no_elastic = self.elastic.flatten(1).eq(0).all(dim=1)
-        geometry_id = self.angle.eq(0) & self.scale.eq(1) & ~self.flip & no_elastic
-        return ~self.apply | geometry_id
+        return ~self.apply | (self.angle.eq(0) & self.scale.eq(1) & ~self.flip & no_elastic)
 
 
 class RandSpatialBatchd(_BatchRandomizable):
     """Random affine plus elastic deformation of a whole batch, one ``grid_sample`` per key.
 
-    Every key holds ``[B, C, H, W]`` (or ``[B, C, H, W, D]``); a key may also omit the channel axis
-    (``[B, H, W]``, e.g. a ``uint8`` label store). All keys share one batch size and spatial shape, and
-    sample ``b`` of every key gets exactly the same geometry. Per sample, the transform draws:
-
-    - with ``affine_mode="paper"`` (default, the authors' code): one of :data:`PAPER_AFFINE_OPTIONS`
-      from a categorical with ``affine_choice_weights`` (uniform): rotation ``U(rotate_range)``, scale
-      ``U(scale_range)``, flip with ``flip_prob``, rotation ``k * 45`` degrees with ``k ~ U{0..7}``, or
-      nothing;
-    - with ``affine_mode="compose"``: rotation and scale always, flip with ``flip_prob`` and an extra
-      ``k * 45`` degree rotation with ``rotate45_prob``, all together;
-    - in both modes, with ``elastic_prob``, a displacement field whose ``elastic_grid`` per axis coarse
-      values are ``N(0, elastic_sigma)`` pixels, upsampled to the image size with
-      :func:`torch.nn.functional.interpolate` (``align_corners=False``).
-
-    Sampling uses ``align_corners=False`` everywhere: pixel ``i`` of an axis of size ``n`` sits at
-    normalised coordinate ``(2 i + 1) / n - 1`` and a displacement of ``d`` pixels is ``2 d / n``.
-    Rotation and scale act on pixel units, so non-square images are not sheared. In 3D the rotation is
-    about the last axis (in the ``(H, W)`` plane), the scale is isotropic in voxels and the elastic grid
-    is ``g x g x g``. The grid itself is one small matmul (see :meth:`sampling_grid`), so the cost is
-    dominated by the ``grid_sample`` calls.
-
-    Samples whose geometry is exactly the identity (not selected by ``prob``, the "nothing" option
-    without elastic, ``k = 0``, a flip option that drew no flip) are returned bit for bit. Bilinear
-    resampling on exact pixel positions (a pure flip, ``k * 90`` degrees) reproduces ``torch.flip`` /
-    ``torch.rot90`` up to float32 rounding of the sampling coordinates (about ``1e-5`` of the value);
-    nearest resampling reproduces them exactly.
+    Every key holds ``[B, C, H, W]`` or ``[B, C, H, W, D]``, or the same without the channel axis (e.g. a
+    ``uint8`` label store ``[B, H, W]``); sample ``b`` of every key gets the same geometry. Sampling uses
+    ``align_corners=False`` and pixel units, so non-square images are not sheared; in 3D the rotation is in
+    the ``(H, W)`` plane. Samples with identity geometry are returned bit for bit; a pure flip or ``k * 90``
+    degree rotation equals ``torch.flip`` / ``torch.rot90`` (exactly with nearest, to ~1e-5 with bilinear).
 
     Example::
 
@@ -240,29 +217,27 @@ class RandSpatialBatchd(_BatchRandomizable):
 
     Args:
         keys: keys of the batch tensors to transform.
-        mode: ``grid_sample`` mode per key: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` (2D only).
-            Integer and bool keys must use ``"nearest"``. Defaults to ``("bilinear", "nearest")``.
-        prob: per-sample probability of transforming the sample at all. Defaults to 1.0.
-        rotate_range: rotation range in **degrees** (not radians as in MONAI's ``RandAffine``): a number
-            ``r`` means ``U(-r, r)``, a pair ``(lo, hi)`` means ``U(lo, hi)``. Defaults to 15.
-        rotate45_prob: ``affine_mode="compose"`` only: probability of an extra rotation by ``k * 45``
-            degrees. Defaults to 0.2 (the frequency of that option in the paper mode).
+        mode: ``grid_sample`` mode per key: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` (2D only); integer
+            and bool keys need ``"nearest"``.
+        prob: per-sample probability of transforming the sample at all.
+        rotate_range: rotation in **degrees** (not radians as in MONAI's ``RandAffine``): a number ``r`` means
+            ``U(-r, r)``, a pair ``(lo, hi)`` means ``U(lo, hi)``.
+        rotate45_prob: ``affine_mode="compose"`` only: probability of an extra rotation by ``k * 45`` degrees
+            (the default is that option's frequency in paper mode).
         scale_range: zoom factor range: a number ``s`` means ``U(1 - s, 1 + s)``, a pair is taken as is.
-            Defaults to ``(0.95, 1.05)``.
         flip_prob: probability of the left-right flip (when the flip option is chosen in paper mode).
-            Defaults to 0.5.
-        elastic_prob: per-sample probability of the elastic displacement. Defaults to 0.5.
-        elastic_sigma: standard deviation of the coarse displacements in pixels. Defaults to 5.0.
-        elastic_grid: number of coarse grid points per axis. Defaults to 3.
-        padding_mode: ``grid_sample`` padding per key (``"zeros"``, ``"border"``, ``"reflection"``).
-            Defaults to ``"zeros"`` (the authors fill with 0).
-        affine_mode: ``"paper"`` (one option per sample) or ``"compose"`` (all together).
-        affine_choice_weights: paper mode: relative weights of :data:`PAPER_AFFINE_OPTIONS`.
-            Defaults to uniform.
-        elastic_upsample: upsampling of the coarse elastic field, as ``F.interpolate`` with
-            ``align_corners=False`` would do it: ``"bicubic"`` (the authors' order-3 resize) or
-            ``"bilinear"`` (linear along each axis, i.e. trilinear in 3D). Evaluated separably, so bicubic
-            works in 3D too. Defaults to ``"bicubic"``.
+        elastic_prob: per-sample probability of the elastic displacement: ``elastic_grid`` coarse offsets per
+            axis, ``N(0, elastic_sigma)`` pixels, upsampled to the image size (the authors deform about half
+            of each batch).
+        elastic_sigma: standard deviation of the coarse displacements in pixels.
+        elastic_grid: number of coarse grid points per axis.
+        padding_mode: ``grid_sample`` padding per key: ``"zeros"`` (as the authors), ``"border"``, ``"reflection"``.
+        affine_mode: ``"paper"`` (the authors' code): per sample one of :data:`PAPER_AFFINE_OPTIONS` (rotation,
+            scale, flip, ``k * 45`` degrees with ``k ~ U{0..7}``, nothing); ``"compose"``: rotation and scale
+            always, flip and the ``k * 45`` rotation with their probabilities, all together.
+        affine_choice_weights: paper mode: relative weights of :data:`PAPER_AFFINE_OPTIONS` (``None``: uniform).
+        elastic_upsample: ``"bicubic"`` (the authors' order-3 resize) or ``"bilinear"``, as ``F.interpolate``
+            with ``align_corners=False``; evaluated separably, so bicubic works in 3D too.
         allow_missing_keys: do not raise when a key is absent.
 
     Raises:
@@ -288,14 +263,14 @@ class RandSpatialBatchd(_BatchRandomizable):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, prob, allow_missing_keys)
-        self.mode = ensure_tuple_rep(mode, len(self.keys))
-        self.padding_mode = ensure_tuple_rep(padding_mode, len(self.keys))
-        for m in self.mode:
-            if m not in _GRID_MODES:
-                raise ValueError(f"mode must be one of {_GRID_MODES}, got {m!r}.")
-        for p in self.padding_mode:
-            if p not in _PADDING_MODES:
-                raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {p!r}.")
+        n_keys = len(self.keys)
+        self.mode = tuple(
+            _check_choice("mode", m, ("bilinear", "nearest", "bicubic")) for m in ensure_tuple_rep(mode, n_keys)
+        )
+        self.padding_mode = tuple(
+            _check_choice("padding_mode", p, ("zeros", "border", "reflection"))
+            for p in ensure_tuple_rep(padding_mode, n_keys)
+        )
         self.rotate_range = _symmetric_range("rotate_range", rotate_range)
         self.scale_range = _symmetric_range("scale_range", scale_range, centre=1.0)
         if self.scale_range[0] <= 0:
@@ -309,9 +284,7 @@ class RandSpatialBatchd(_BatchRandomizable):
         if int(elastic_grid) != elastic_grid or elastic_grid < 1:
             raise ValueError(f"elastic_grid must be a positive integer, got {elastic_grid}.")
         self.elastic_grid = int(elastic_grid)
-        if affine_mode not in _AFFINE_MODES:
-            raise ValueError(f"affine_mode must be one of {_AFFINE_MODES}, got {affine_mode!r}.")
-        self.affine_mode = affine_mode
+        self.affine_mode = _check_choice("affine_mode", affine_mode, ("paper", "compose"))
         weights = [1.0] * len(PAPER_AFFINE_OPTIONS) if affine_choice_weights is None else affine_choice_weights
         weights_t = torch.as_tensor([float(w) for w in weights], dtype=torch.float64)
         if weights_t.numel() != len(PAPER_AFFINE_OPTIONS) or (weights_t < 0).any() or weights_t.sum() <= 0:
@@ -320,13 +293,10 @@ class RandSpatialBatchd(_BatchRandomizable):
                 f"{PAPER_AFFINE_OPTIONS} with a positive sum, got {affine_choice_weights!r}."
             )
         self.affine_choice_weights = weights_t / weights_t.sum()
-        if elastic_upsample not in ("bicubic", "bilinear"):
-            raise ValueError(f"elastic_upsample must be 'bicubic' or 'bilinear', got {elastic_upsample!r}.")
-        self.elastic_upsample = elastic_upsample
+        self.elastic_upsample = _check_choice("elastic_upsample", elastic_upsample, ("bicubic", "bilinear"))
         self.params: SpatialBatchParams | None = None
         self._factor_cache: dict[tuple, torch.Tensor] = {}
 
-    # ------------------------------------------------------------------ drawing
     def randomize(self, data: Mapping[Hashable, Any] | torch.Tensor | int, spatial_dims: int = 2) -> None:
         """Draw per-sample parameters into ``self.params``.
 
@@ -339,23 +309,14 @@ class RandSpatialBatchd(_BatchRandomizable):
             ValueError: when the batch size or dimensionality cannot be read from ``data``.
         """
         if isinstance(data, int):
-            batch_size = data
+            b = data
         else:
-            ref = data if isinstance(data, torch.Tensor) else next(iter(self._gather(data).values()), None)
-            if ref is None or ref.ndim not in (4, 5):
-                raise ValueError(f"{type(self).__name__}: cannot read [B, C, *spatial] from {type(data).__name__}.")
-            batch_size, spatial_dims = ref.shape[0], ref.ndim - 2
-        self.params = self._draw(int(batch_size), int(spatial_dims))
-        self._do_transform = bool(self.params.apply.any())
-
-    def _draw(self, batch_size: int, spatial_dims: int) -> SpatialBatchParams:
-        b = batch_size
+            ref = self._reference(data, (4, 5))
+            b, spatial_dims = ref.shape[0], ref.ndim - 2
         # Every field is drawn on every call, so the stream does not depend on the options chosen.
         apply = self._rand(b) < self.prob
-        lo, hi = self.rotate_range
-        angle = lo + (hi - lo) * self._rand(b)
-        slo, shi = self.scale_range
-        scale = slo + (shi - slo) * self._rand(b)
+        angle = self._uniform(self.rotate_range, b)
+        scale = self._uniform(self.scale_range, b)
         flip = self._rand(b) < self.flip_prob
         angle45 = 45.0 * torch.randint(0, 8, (b,), generator=self.generator).double()
         use45 = self._rand(b) < self.rotate45_prob
@@ -371,14 +332,16 @@ class RandSpatialBatchd(_BatchRandomizable):
             flip = flip & option["flip"]
         else:
             angle = angle + torch.where(use45, angle45, 0.0)
-        angle = torch.where(apply, angle, 0.0)
-        scale = torch.where(apply, scale, 1.0)
-        flip = flip & apply
         keep_elastic = (elastic_on & apply).view((b,) + (1,) * (spatial_dims + 1))
-        elastic = torch.where(keep_elastic, coarse, 0.0)
-        return SpatialBatchParams(apply=apply, angle=angle, scale=scale, flip=flip, elastic=elastic)
+        self.params = SpatialBatchParams(
+            apply=apply,
+            angle=torch.where(apply, angle, 0.0),
+            scale=torch.where(apply, scale, 1.0),
+            flip=flip & apply,
+            elastic=torch.where(keep_elastic, coarse, 0.0),
+        )
+        self._do_transform = bool(apply.any())
 
-    # ------------------------------------------------------------------ geometry
     def source_matrices(self, params: SpatialBatchParams, spatial_dims: int) -> torch.Tensor:
         """Inverse (output -> source) linear maps in centred pixel units, axis order ``(H, W[, D])``.
 
@@ -390,8 +353,7 @@ class RandSpatialBatchd(_BatchRandomizable):
         # Snap multiples of 90 degrees, so that k*90 rotations sample exactly on pixel centres.
         cos = torch.where(cos.abs() < 1e-12, 0.0, cos)
         sin = torch.where(sin.abs() < 1e-12, 0.0, sin)
-        b = theta.shape[0]
-        mat = torch.eye(spatial_dims, dtype=torch.float64).repeat(b, 1, 1)
+        mat = torch.eye(spatial_dims, dtype=torch.float64).repeat(theta.shape[0], 1, 1)
         # rot(-angle) in (row, col) coordinates: the inverse of the forward rotation.
         mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = cos, sin, -sin, cos
         mat[:, 1, :] = mat[:, 1, :] * torch.where(params.flip, -1.0, 1.0)[:, None]
@@ -403,49 +365,30 @@ class RandSpatialBatchd(_BatchRandomizable):
         """``[n, g + N]`` factor of one axis for the separable grid of :meth:`sampling_grid`.
 
         The first ``g`` columns are the weights with which ``F.interpolate`` (``align_corners=False``)
-        upsamples ``g`` coarse values to ``n`` pixels along this axis; bicubic and (bi/tri)linear
-        interpolation are separable, so the product of these 1D factors equals the nD interpolation.
-        Column ``g + axis`` holds this axis' centred pixel coordinates and the other extra columns are
-        ones, which lets the affine part ride along in the same product.
+        upsamples ``g`` coarse values to ``n`` pixels along this axis (bicubic and linear interpolation are
+        separable). Column ``g + axis`` holds the centred pixel coordinates and the other extra columns are
+        ones, so the affine part rides along in the same product.
         """
         key = (n, axis, spatial_dims, str(device), dtype)
-        cached = self._factor_cache.get(key)
-        if cached is not None:
-            return cached
-        g = self.elastic_grid
-        impulses = torch.eye(g, dtype=torch.float64).view(g, 1, g, 1)
-        weights = F.interpolate(impulses, size=(n, 1), mode=self.elastic_upsample, align_corners=False)
-        extra = torch.ones(n, spatial_dims, dtype=torch.float64)
-        extra[:, axis] = torch.arange(n, dtype=torch.float64) + (0.5 - n / 2.0)
-        factor = torch.cat([weights[:, 0, :, 0].T, extra], dim=1).to(device=device, dtype=dtype)
-        self._factor_cache[key] = factor
-        return factor
-
-    def _grid_coefficients(self, params: SpatialBatchParams, spatial_shape: Sequence[int]) -> torch.Tensor:
-        """``[B, N, (g + N) x N]`` float64 coefficients of the separable grid (see :meth:`sampling_grid`)."""
-        nd, g = len(spatial_shape), self.elastic_grid
-        b = params.apply.shape[0]
-        sizes = torch.tensor([float(n) for n in spatial_shape], dtype=torch.float64)
-        # output -> source in normalised units, rows reversed into grid_sample order (last axis first).
-        mats = (self.source_matrices(params, nd) * (2.0 / sizes)[None, :, None]).flip(1)
-        coarse = torch.einsum("bij,bj...->bi...", mats, params.elastic.double())
-        coef = torch.zeros((b, nd) + (g + nd,) * nd, dtype=torch.float64)
-        coef[(slice(None), slice(None)) + (slice(0, g),) * nd] = coarse
-        for j in range(nd):
-            coef[(slice(None), slice(None)) + (g + j,) * nd] = mats[:, :, j]
-        return coef
+        if key not in self._factor_cache:
+            g = self.elastic_grid
+            impulses = torch.eye(g, dtype=torch.float64).view(g, 1, g, 1)
+            weights = F.interpolate(impulses, size=(n, 1), mode=self.elastic_upsample, align_corners=False)
+            extra = torch.ones(n, spatial_dims, dtype=torch.float64)
+            extra[:, axis] = torch.arange(n, dtype=torch.float64) + (0.5 - n / 2.0)
+            factor = torch.cat([weights[:, 0, :, 0].T, extra], dim=1)
+            self._factor_cache[key] = factor.to(device=device, dtype=dtype)
+        return self._factor_cache[key]
 
     def sampling_grid(
         self, params: SpatialBatchParams, spatial_shape: Sequence[int], device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """The ``grid_sample`` grid of ``params`` for images of ``spatial_shape``.
 
-        With ``M`` the output -> source map of a sample (:meth:`source_matrices`), ``u`` the centred pixel
-        coordinates and ``d(u)`` the upsampled elastic field, the source point is ``M (u + d(u))``, divided
-        by ``n / 2`` per axis. Both terms are separable in the axes, so the whole grid is a product of
-        per-axis factors (:meth:`_axis_factor`) with a small per-sample coefficient tensor, evaluated
-        with one matmul that writes the grid once. On CUDA the product runs in float64 so that TF32
-        matmul settings cannot blur the coordinates.
+        The source of centred pixel ``u`` is ``M (u + d(u)) / (n / 2)`` per axis, with ``M`` from
+        :meth:`source_matrices` and ``d`` the upsampled elastic field; both terms are separable, so the grid
+        is one matmul of per-axis factors with a small per-sample coefficient tensor (float64 on CUDA, so
+        that TF32 matmul settings cannot blur the coordinates).
 
         Args:
             params: per-sample parameters (``B`` samples).
@@ -459,46 +402,48 @@ class RandSpatialBatchd(_BatchRandomizable):
         Raises:
             ValueError: when ``spatial_shape`` is not 2D or 3D.
         """
-        nd = len(spatial_shape)
+        nd, g = len(spatial_shape), self.elastic_grid
         if nd not in (2, 3):
             raise ValueError(f"spatial_shape must have 2 or 3 entries, got {tuple(spatial_shape)}.")
         device = torch.device(device)
         dtype = torch.float64 if device.type == "cuda" else torch.float32
         b = params.apply.shape[0]
+        sizes = torch.tensor([float(n) for n in spatial_shape], dtype=torch.float64)
+        # output -> source in normalised units, rows reversed into grid_sample order (last axis first).
+        mats = (self.source_matrices(params, nd) * (2.0 / sizes)[None, :, None]).flip(1)
+        coef = torch.zeros((b, nd) + (g + nd,) * nd, dtype=torch.float64)  # [B, N, (g + N) x N]
+        coarse = torch.einsum("bij,bj...->bi...", mats, params.elastic.double())
+        coef[(slice(None), slice(None)) + (slice(0, g),) * nd] = coarse
+        for j in range(nd):
+            coef[(slice(None), slice(None)) + (g + j,) * nd] = mats[:, :, j]
+        coef = coef.to(device=device, dtype=dtype, non_blocking=True)
         factors = [self._axis_factor(int(n), axis, nd, device, dtype) for axis, n in enumerate(spatial_shape)]
-        coef = self._grid_coefficients(params, spatial_shape).to(device=device, dtype=dtype, non_blocking=True)
         if nd == 2:
             tail = torch.einsum("bcpq,wq->bpwc", coef, factors[1])  # [B, K, W, 2], small
         else:
             tail = torch.einsum("bcpqr,wq,dr->bpwdc", coef, factors[1], factors[2])  # [B, K, W, D, 3]
-        k = tail.shape[1]
-        grid = torch.matmul(factors[0], tail.reshape(b, k, -1))  # [B, H, W * (D) * N]
+        grid = torch.matmul(factors[0], tail.reshape(b, tail.shape[1], -1))  # [B, H, W * (D) * N]
         return grid.view((b,) + tuple(int(n) for n in spatial_shape) + (nd,)).to(torch.float32)
 
-    # ------------------------------------------------------------------ applying
     def _validate(self, tensors: dict[Hashable, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
         name = type(self).__name__
-        items = list(tensors.items())
-        ref_key, ref = items[0]
+        (ref_key, ref), *_ = tensors.items()
         if ref.ndim not in (4, 5):
             raise ValueError(
                 f"{name}: key {ref_key!r} must be [B, C, H, W] or [B, C, H, W, D], got shape {tuple(ref.shape)}."
             )
         batch, spatial = ref.shape[0], tuple(ref.shape[2:])
-        for key, x in items:
+        if len(spatial) == 3 and "bicubic" in self.mode:
+            raise ValueError(f"{name}: mode 'bicubic' supports 2D only, got spatial shape {spatial}.")
+        modes = dict(zip(self.keys, self.mode))
+        for key, x in tensors.items():
             if x.is_complex():
                 raise ValueError(f"{name}: key {key!r} has complex dtype {x.dtype}; expected real values.")
-            ok_full = x.ndim == ref.ndim and x.shape[0] == batch and tuple(x.shape[2:]) == spatial
-            ok_nochan = x.ndim == ref.ndim - 1 and x.shape[0] == batch and tuple(x.shape[1:]) == spatial
-            if not (ok_full or ok_nochan):
+            if x.ndim not in (ref.ndim, ref.ndim - 1) or x.shape[0] != batch or x.shape[-len(spatial) :] != spatial:
                 raise ValueError(
                     f"{name}: key {key!r} has shape {tuple(x.shape)}, expected [B, C, *spatial] or [B, *spatial] "
                     f"with B={batch} and spatial={spatial} (from key {ref_key!r})."
                 )
-        if len(spatial) == 3 and "bicubic" in self.mode:
-            raise ValueError(f"{name}: mode 'bicubic' supports 2D only, got spatial shape {spatial}.")
-        modes = dict(zip(self.keys, self.mode))
-        for key, x in items:
             if not x.is_floating_point() and modes[key] != "nearest":
                 raise ValueError(
                     f"{name}: key {key!r} has integer dtype {x.dtype} (shape {tuple(x.shape)}); "
@@ -506,66 +451,34 @@ class RandSpatialBatchd(_BatchRandomizable):
                 )
         return batch, spatial
 
-    def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
-        """Transform the batch tensors of ``data``.
-
-        Args:
-            data: dictionary holding the batch tensors under ``keys`` (MetaTensors become plain tensors).
-            randomize: draw new parameters; ``False`` reuses ``self.params`` (set it to inject geometry).
-
-        Returns:
-            a shallow copy of ``data`` with the keys replaced by transformed tensors of the same dtype
-            and device.
-
-        Raises:
-            ValueError: on a shape, dtype or mode mismatch, naming the key and its shape.
-        """
-        d = dict(data)
-        tensors = self._gather(d)
-        if not tensors:
-            return d
+    def _transform(self, tensors: dict[Hashable, torch.Tensor], randomize: bool) -> dict[Hashable, torch.Tensor]:
         batch, spatial = self._validate(tensors)
+        nd = len(spatial)
         if randomize:
-            self.randomize(batch, spatial_dims=len(spatial))
+            self.randomize(batch, spatial_dims=nd)
         params = self.params
-        if params is None or params.apply.shape[0] != batch or params.elastic.shape[1] != len(spatial):
+        if params is None or params.apply.shape[0] != batch or params.elastic.shape[1] != nd:
             raise ValueError(
                 f"{type(self).__name__}: parameters for {None if params is None else params.apply.shape[0]} samples "
-                f"do not fit a batch of {batch} with {len(spatial)} spatial dims; call randomize first."
+                f"do not fit a batch of {batch} with {nd} spatial dims; call randomize first."
             )
         unchanged = params.unchanged
         if bool(unchanged.all()):
-            d.update(tensors)
-            return d
+            return tensors
         device = next(iter(tensors.values())).device
         grid = self.sampling_grid(params, spatial, device)
         keep = unchanged.to(device=device, non_blocking=True) if bool(unchanged.any()) else None
         modes = dict(zip(self.keys, zip(self.mode, self.padding_mode)))
+        out = {}
         for key, x in tensors.items():
             mode, padding = modes[key]
-            d[key] = self._resample(x, grid, keep, mode, padding, len(spatial))
-        return d
-
-    @staticmethod
-    def _resample(
-        x: torch.Tensor,
-        grid: torch.Tensor,
-        keep: torch.Tensor | None,
-        mode: str,
-        padding: str,
-        nd: int,
-    ) -> torch.Tensor:
-        no_channel = x.ndim == nd + 1
-        src = x.unsqueeze(1) if no_channel else x
-        # half/bfloat16 grids would round coordinates to ~0.05-0.4 px at 192 px: resample in float32.
-        work = src if x.dtype in (torch.float32, torch.float64) else src.float()
-        out = F.grid_sample(work, grid.to(work.dtype), mode=mode, padding_mode=padding, align_corners=False)
-        if no_channel:
-            out = out[:, 0]
-        out = out.to(x.dtype)
-        if keep is None:
-            return out
-        return torch.where(keep.view((-1,) + (1,) * (x.ndim - 1)), x, out)
+            src = x.unsqueeze(1) if x.ndim == nd + 1 else x
+            # half/bfloat16 grids would round coordinates to ~0.05-0.4 px at 192 px: resample in float32.
+            work = src if x.dtype in (torch.float32, torch.float64) else src.float()
+            res = F.grid_sample(work, grid.to(work.dtype), mode=mode, padding_mode=padding, align_corners=False)
+            res = res.reshape(x.shape).to(x.dtype)
+            out[key] = res if keep is None else torch.where(keep.view((-1,) + (1,) * (x.ndim - 1)), x, res)
+        return out
 
 
 @dataclass(frozen=True)
@@ -586,26 +499,18 @@ class IntensityBatchParams:
 class RandBrightnessContrastBatchd(_BatchRandomizable):
     """Random brightness and contrast of a batch, the intensity augmentation of the contrastive branch.
 
-    For sample ``b`` and channel ``c`` with spatial mean ``m`` (of the input image),
-    ``out = clip((x - m) * factor_b + m + delta_b, *clip)``. This equals brightness ``x + delta``
-    followed by contrast around the brightened image's own mean, the order of the authors'
-    ``brit_cont_net`` (``delta ~ U(-0.3, 0.3)``, ``factor ~ U(0.7, 1.3)``, clip ``[0, 1.5]``).
-
-    ``per_sample=True`` (default) draws ``delta`` and ``factor`` for every sample. The authors' TF graph
-    draws one value for the whole half-batch (``per_sample=False``); independent draws give more
-    diversity within a batch and match the paper's description, "random intensity transformations ...
-    on the input image batch", which does not ask for a shared draw. Samples not selected by ``prob``
-    are returned unchanged (not clipped).
+    For sample ``b`` and channel ``c`` with spatial mean ``m``, ``out = clip((x - m) * factor_b + m + delta_b,
+    *clip)``: brightness ``x + delta`` followed by contrast around the brightened image's mean, as the
+    authors' ``brit_cont_net``. Samples not selected by ``prob`` are returned unchanged (not clipped).
 
     Args:
         keys: keys of ``[B, C, *spatial]`` floating-point batch tensors.
-        prob: per-sample probability of changing the sample. Defaults to 1.0.
+        prob: per-sample probability of changing the sample.
         brightness: a number ``b`` means ``delta ~ U(-b, b)``; a pair ``(lo, hi)`` means ``U(lo, hi)``.
-            Defaults to 0.3.
-        contrast: a pair ``(lo, hi)`` for ``factor ~ U(lo, hi)``, or a number ``c`` for
-            ``U(1 - c, 1 + c)``. Defaults to ``(0.7, 1.3)``.
-        clip: ``(low, high)`` output range, or ``None`` for no clipping. Defaults to ``(0.0, 1.5)``.
-        per_sample: independent draws per sample (``True``) or one draw for the batch (``False``).
+        contrast: a pair ``(lo, hi)`` for ``factor ~ U(lo, hi)``, or a number ``c`` for ``U(1 - c, 1 + c)``.
+        clip: ``(low, high)`` output range, or ``None`` for no clipping.
+        per_sample: independent draws per sample (``True``) or one draw for the batch (``False``, the
+            authors' TF graph).
         allow_missing_keys: do not raise when a key is absent.
 
     Raises:
@@ -644,39 +549,15 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
         Raises:
             ValueError: when no batch size can be read from ``data``.
         """
-        if isinstance(data, int):
-            b = data
-        else:
-            ref = data if isinstance(data, torch.Tensor) else next(iter(self._gather(data).values()), None)
-            if ref is None or ref.ndim < 3:
-                raise ValueError(f"{type(self).__name__}: cannot read [B, C, *spatial] from {type(data).__name__}.")
-            b = ref.shape[0]
+        b = data if isinstance(data, int) else self._reference(data, range(3, 65)).shape[0]
         n = b if self.per_sample else 1
         apply = self._rand(b) < self.prob
-        blo, bhi = self.brightness
-        clo, chi = self.contrast
-        delta = (blo + (bhi - blo) * self._rand(n)).expand(b)
-        factor = (clo + (chi - clo) * self._rand(n)).expand(b)
-        self.params = IntensityBatchParams(apply=apply, delta=delta.clone(), factor=factor.clone())
+        delta = self._uniform(self.brightness, n).expand(b).clone()
+        factor = self._uniform(self.contrast, n).expand(b).clone()
+        self.params = IntensityBatchParams(apply=apply, delta=delta, factor=factor)
         self._do_transform = bool(apply.any())
 
-    def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
-        """Change brightness and contrast of the batch tensors of ``data``.
-
-        Args:
-            data: dictionary holding ``[B, C, *spatial]`` floating-point tensors under ``keys``.
-            randomize: draw new parameters; ``False`` reuses ``self.params``.
-
-        Returns:
-            a shallow copy of ``data`` with the keys replaced (same dtype and device).
-
-        Raises:
-            ValueError: on a shape or dtype mismatch, naming the key and its shape.
-        """
-        d = dict(data)
-        tensors = self._gather(d)
-        if not tensors:
-            return d
+    def _transform(self, tensors: dict[Hashable, torch.Tensor], randomize: bool) -> dict[Hashable, torch.Tensor]:
         name = type(self).__name__
         first = next(iter(tensors.values()))
         batch = first.shape[0] if first.ndim else -1
@@ -692,25 +573,30 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
         if params is None or params.apply.shape[0] != batch:
             raise ValueError(f"{name}: parameters do not fit a batch of {batch}; call randomize first.")
         if not bool(params.apply.any()):
-            d.update(tensors)
-            return d
-        device = first.device
-        delta = params.delta.to(device=device, dtype=torch.float32, non_blocking=True)
-        factor = params.factor.to(device=device, dtype=torch.float32, non_blocking=True)
-        partial = not bool(params.apply.all())
-        apply = params.apply.to(device=device, non_blocking=True) if partial else None
+            return tensors
+        delta = params.delta.to(device=first.device, dtype=torch.float32, non_blocking=True)
+        factor = params.factor.to(device=first.device, dtype=torch.float32, non_blocking=True)
+        apply = None if bool(params.apply.all()) else params.apply.to(device=first.device, non_blocking=True)
+        out = {}
         for key, x in tensors.items():
             view = (-1,) + (1,) * (x.ndim - 1)
             work = x if x.dtype in (torch.float32, torch.float64) else x.float()
             f = factor.view(view).to(work.dtype)
             mean = work.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
             # (x - m) * f + m + delta == x * f + (m * (1 - f) + delta): one pass over the pixels.
-            out = torch.addcmul(mean * (1 - f) + delta.view(view).to(work.dtype), work, f)
+            res = torch.addcmul(mean * (1 - f) + delta.view(view).to(work.dtype), work, f)
             if self.clip is not None:
-                out.clamp_(self.clip[0], self.clip[1])
-            out = out.to(x.dtype)
-            d[key] = torch.where(apply.view(view), out, x) if apply is not None else out
-        return d
+                res.clamp_(self.clip[0], self.clip[1])
+            res = res.to(x.dtype)
+            out[key] = res if apply is None else torch.where(apply.view(view), res, x)
+        return out
+
+
+def _seeded(transforms: list[Any], seed: int | None) -> Compose:
+    composed = Compose(transforms)
+    if seed is not None:
+        composed.set_random_state(seed=seed)
+    return composed
 
 
 def paper_seg_augmentation(
@@ -726,10 +612,9 @@ def paper_seg_augmentation(
     Args:
         keys: image key first, then label keys.
         mode: ``grid_sample`` mode per key.
-        intensity: also apply brightness/contrast to the image key, as the paper text says. The authors'
-            code computes it but discards it (``authors_implementation_facts.md`` D5), hence ``False``.
-            When on, the defaults are the ranges of that discarded graph: ``delta ~ U(-0.1, 0.1)``,
-            ``factor ~ U(0.8, 1.2)``, no clipping (override with ``intensity_kwargs``).
+        intensity: also apply brightness/contrast to the image key, as the paper text says (the authors'
+            code computes it but discards it, hence ``False``). When on, the defaults are the ranges of that
+            discarded graph: ``delta ~ U(-0.1, 0.1)``, ``factor ~ U(0.8, 1.2)``, no clipping.
         seed: seed for :meth:`Compose.set_random_state`, or ``None``.
         intensity_kwargs: keyword arguments of :class:`RandBrightnessContrastBatchd`.
         spatial_kwargs: keyword arguments of :class:`RandSpatialBatchd` (e.g. ``elastic_prob``).
@@ -741,10 +626,7 @@ def paper_seg_augmentation(
     if intensity:
         kwargs = {"brightness": 0.1, "contrast": (0.8, 1.2), "clip": None, **dict(intensity_kwargs or {})}
         transforms.append(RandBrightnessContrastBatchd(keys=keys[0], **kwargs))
-    composed = Compose(transforms)
-    if seed is not None:
-        composed.set_random_state(seed=seed)
-    return composed
+    return _seeded(transforms, seed)
 
 
 def paper_contrastive_augmentation(
@@ -761,7 +643,4 @@ def paper_contrastive_augmentation(
     Returns:
         the composed transform.
     """
-    composed = Compose([RandBrightnessContrastBatchd(keys=keys, per_sample=per_sample, **kwargs)])
-    if seed is not None:
-        composed.set_random_state(seed=seed)
-    return composed
+    return _seeded([RandBrightnessContrastBatchd(keys=keys, per_sample=per_sample, **kwargs)], seed)

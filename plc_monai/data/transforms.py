@@ -1,23 +1,9 @@
 """Deterministic preprocessing of the paper's Section IV-B as MONAI dictionary transforms.
 
-The paper preprocesses every volume once: N4 bias-field correction, per-volume percentile
-normalisation, in-plane resampling to a fixed spacing ``r_f`` and a centre crop or pad to
-``d_f x d_f``. The 2D network then works on the in-plane slices. This module holds the pieces
-that MONAI lacks or that behave differently from what the paper needs:
-
-* :class:`SelectChanneld` keeps one channel of a multi-channel volume (prostate T2 of T2+ADC).
-* :class:`MapLabelValuesd` maps raw label values to class indices ``0..C-1`` and fails on
-  unknown values.
-* :class:`SliceAxisLastd` moves the through-plane axis (largest voxel spacing) last, updating the
-  affine, and is invertible (``Invertd``).
-* :class:`N4BiasFieldCorrectiond` wraps ITK's N4 filter run on an in-plane-shrunk copy.
-* :class:`PercentileNormalized` is the authors' ``(x - p1) / (p99 - p1)`` without clipping.
-
-Resampling and cropping use MONAI's ``Spacingd`` and ``ResizeWithPadOrCropd``; the chain is
-assembled once, as config: ``train#preprocessing`` of each bundle (see :mod:`plc_monai.data.preprocessing`).
-
-``itk`` is imported lazily inside :func:`n4_bias_field_correction`, so importing this module
-stays cheap.
+The pieces that MONAI lacks or that behave differently from what the paper needs: channel selection,
+label value mapping, moving the slice axis last, N4 bias-field correction and percentile normalisation.
+The chain itself is config (``train#preprocessing`` of each bundle); see ``docs/data.md``. ``itk`` is
+imported lazily inside :func:`n4_bias_field_correction`, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -47,26 +33,13 @@ __all__ = [
 
 
 def source_name(img: Any) -> str:
-    """Return the file an image was loaded from, for error messages.
-
-    Args:
-        img: a MetaTensor (its ``filename_or_obj`` meta entry is used) or anything else.
-
-    Returns:
-        the file name, or ``"<in-memory array>"`` when none is recorded.
-    """
-    if isinstance(img, MetaTensor):
-        name = img.meta.get("filename_or_obj")
-        if name:
-            return str(name)
-    return "<in-memory array>"
+    """The file a MetaTensor was loaded from (``filename_or_obj``), or ``"<in-memory array>"``, for errors."""
+    name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+    return str(name) if name else "<in-memory array>"
 
 
 def slice_axis_from_spacing(spacing: Sequence[float], rtol: float = 1e-3) -> int:
-    """Return the through-plane axis: the spatial axis with the largest voxel spacing.
-
-    Ties (within ``rtol``) go to the last of the tied axes, so an isotropic volume keeps its
-    last axis as the slice axis.
+    """Return the through-plane axis: the spatial axis with the largest voxel spacing (ties: the last).
 
     Args:
         spacing: voxel spacing per spatial axis, e.g. ``(1.5, 1.5, 10.0)``.
@@ -86,13 +59,10 @@ def slice_axis_from_spacing(spacing: Sequence[float], rtol: float = 1e-3) -> int
 
 
 class SelectChanneld(MapTransform):
-    """Keep one channel of a channel-first volume, returning ``[1, X, Y, Z]``.
+    """Keep one channel of a channel-first volume, returning ``[1, X, Y, Z]`` (prostate: T2 of T2+ADC).
 
-    The MSD prostate images are 4D (T2 and ADC); the paper uses channel 0 (T2) only. The channel
-    comes from the data dictionary's ``channel_key`` entry when present (the readers write it),
-    otherwise from ``channel``. Selecting channel 0 of a single-channel volume is a no-op.
-
-    Not invertible: predictions have their own channel axis (classes), so nothing needs undoing.
+    The channel comes from the dictionary's ``channel_key`` entry when present (the readers write it),
+    otherwise from ``channel``. Not invertible: predictions have their own channel axis.
 
     Args:
         keys: keys of the channel-first images ``[C, X, Y, Z]``.
@@ -143,17 +113,12 @@ class SelectChanneld(MapTransform):
 
 
 class MapLabelValuesd(MapTransform):
-    """Map raw label values to class indices ``0..C-1`` with one vectorised lookup.
+    """Map raw label values to class indices ``0..C-1`` with one vectorised lookup; unknown values raise.
 
-    ``raw_values[k]`` becomes class ``k``. Further raw values can be accepted two ways:
-    ``aliases`` (``{raw value: class index}``, fixed for the transform) and, per datalist entry,
-    the ``aliases_key`` entry written by the readers (``[[raw, target raw], ...]``, e.g. MM-WHS's
-    ``[[421, 420]]``: 421 is read as the left atrium's 420). Any other value is an error:
-    silently keeping an unexpected value would train on a wrong class.
-
-    MONAI's ``MapLabelValued`` is not used because it loops over the pairs with one full-volume
-    comparison each and leaves unknown values unchanged without a warning; here one
-    ``searchsorted`` maps every voxel and unknown values raise.
+    ``raw_values[k]`` becomes class ``k``. Further raw values come from ``aliases`` (``{raw value: class
+    index}``) and, per datalist entry, from the ``aliases_key`` entry written by the readers (``[[raw,
+    target raw], ...]``, e.g. MM-WHS's ``[[421, 420]]``). Unlike MONAI's ``MapLabelValued`` (one full-volume
+    comparison per pair, unknown values silently kept) one ``searchsorted`` maps every voxel.
 
     Args:
         keys: keys of the label volumes.
@@ -202,28 +167,15 @@ class MapLabelValuesd(MapTransform):
             table[float(raw)] = int(cls)
         return table
 
-    def _entry_aliases(self, pairs: Any, name: str) -> dict[float, int]:
-        """Turn per-entry ``[[raw, target raw], ...]`` into ``{raw: class index}``."""
-        items = pairs.items() if isinstance(pairs, Mapping) else pairs
-        out = {}
-        for raw, target in items:
-            if float(target) not in self.raw_values:
-                raise ValueError(f"{name}: label alias {raw} -> {target}: {target} is not one of {self.raw_values}.")
-            out[float(raw)] = self.raw_values.index(float(target))
-        return out
-
     def map_array(
         self, label: torch.Tensor, name: str = "<in-memory array>", aliases: Mapping[float, int] | None = None
     ) -> torch.Tensor:
-        """Map one label tensor.
+        """Map one raw label tensor of any shape to class indices of dtype ``self.dtype``.
 
         Args:
-            label: raw label tensor of any shape.
+            label: raw label tensor.
             name: file name used in error messages.
             aliases: extra ``{raw value: class index}`` for this tensor only.
-
-        Returns:
-            class indices with the same shape, dtype ``self.dtype``.
 
         Raises:
             ValueError: on values that are not in ``raw_values`` or the aliases.
@@ -251,30 +203,31 @@ class MapLabelValuesd(MapTransform):
             ValueError: on unknown label values or bad per-entry aliases, naming the file.
         """
         d = dict(data)
+        pairs = d.get(self.aliases_key) if self.aliases_key is not None else None
+        if isinstance(pairs, Mapping):
+            pairs = pairs.items()
         for key in self.key_iterator(d):
             img = d[key]
             name = source_name(img)
             extra = {}
-            if self.aliases_key is not None and d.get(self.aliases_key):
-                extra = self._entry_aliases(d[self.aliases_key], name)
+            for raw, target in pairs or ():  # the readers' [[raw, target raw], ...]
+                if float(target) not in self.raw_values:
+                    raise ValueError(
+                        f"{name}: label alias {raw} -> {target}: {target} is not one of {self.raw_values}."
+                    )
+                extra[float(raw)] = self.raw_values.index(float(target))
             mapped = self.map_array(convert_to_tensor(img, track_meta=False), name, extra)
             d[key], *_ = convert_to_dst_type(mapped, img, dtype=self.dtype)
         return d
 
 
 class SliceAxisLastd(MapTransform, InvertibleTransform):
-    """Move the through-plane axis (largest voxel spacing) to the last spatial position.
+    """Move the through-plane axis (largest voxel spacing) to the last spatial position; invertible.
 
-    The 2D network sees in-plane slices, and everything downstream (in-plane resampling, crop,
-    slice stacking, ``SliceInferer(spatial_dim=2)``) assumes the slice axis is last. Most files
-    already store it last; for those this is the identity (it is still recorded, so ``Invertd``
-    sees the same chain for every volume). The voxel grid is not reoriented otherwise, so oblique
-    short-axis stacks keep their slice axis.
-
-    Unlike MONAI's ``Transposed`` (which leaves the affine untouched and uses fixed indices), the
-    permutation is chosen per volume from the reference key's spacing, the affine columns are
-    permuted with the data (world coordinates of every voxel are unchanged) and the inverse
-    restores both.
+    The 2D network and everything downstream (in-plane resampling, crop, slice stacking, ``SliceInferer``)
+    assume the slice axis is last. Unlike MONAI's ``Transposed``, the permutation is chosen per volume from
+    the reference key's spacing and the affine's columns are permuted with the data, so world coordinates
+    are unchanged. Volumes already stored that way get the identity (still recorded for ``Invertd``).
 
     Args:
         keys: keys of channel-first volumes ``[C, X, Y, Z]`` to permute together.
@@ -333,38 +286,6 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
         return d
 
 
-def _resample_to_full_grid(
-    small: np.ndarray, small_origin: np.ndarray, small_spacing: np.ndarray, full_shape: Sequence[int], full_spacing
-) -> np.ndarray:
-    """Linearly resample ``small`` onto a full-resolution grid with nearest-value extrapolation.
-
-    Both grids are axis-aligned with identity direction; the full grid has origin 0. Points
-    beyond the outermost ``small`` voxel centres take the border value (ITK's linear resampling
-    would write 0 there, i.e. no correction along a band at each edge).
-
-    Args:
-        small: array on the coarse grid, numpy axis order, 2D or 3D.
-        small_origin: physical position of ``small[0, 0(, 0)]`` per numpy axis.
-        small_spacing: coarse voxel spacing per numpy axis.
-        full_shape: target array shape.
-        full_spacing: target voxel spacing per numpy axis.
-
-    Returns:
-        float32 array of shape ``full_shape``.
-    """
-    ndim = small.ndim
-    coords = []
-    for ax in range(ndim):
-        idx = (np.arange(full_shape[ax]) * full_spacing[ax] - small_origin[ax]) / small_spacing[ax]
-        n = small.shape[ax]
-        coords.append(torch.as_tensor(2.0 * idx / (n - 1) - 1.0 if n > 1 else np.zeros_like(idx), dtype=torch.float32))
-    mesh = torch.meshgrid(*coords, indexing="ij")
-    grid = torch.stack(mesh[::-1], dim=-1).unsqueeze(0)  # grid_sample wants (x=last axis, ..., first axis)
-    src = torch.as_tensor(np.ascontiguousarray(small), dtype=torch.float32)[None, None]
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, 0].numpy()
-
-
 def _check_n4_arguments(mask: str | None, shrink_factor: int, num_fitting_levels: int, num_iterations: int) -> None:
     """Raise ``ValueError`` for an unknown mask mode or a non-positive N4 setting."""
     if mask not in ("otsu", None):
@@ -388,12 +309,10 @@ def n4_bias_field_correction(
 ) -> tuple[np.ndarray, np.ndarray]:
     """N4 bias-field correction of one volume, fitted on an in-plane-shrunk copy.
 
-    Steps: shift to strictly positive values when needed (fit only); Otsu foreground mask;
-    block-average by ``shrink_factor`` along the in-plane axes (the slice axis, largest spacing,
-    is not shrunk); ITK ``N4BiasFieldCorrectionImageFilter`` with ``num_fitting_levels`` levels of
-    ``num_iterations`` iterations; reconstruct the log bias field on the shrunk grid; resample it
-    linearly to full resolution (nearest-value extrapolation at the borders); divide the
-    *unshifted* image by ``exp(log bias)``, so zeros stay zero.
+    The fit runs on a strictly positive copy (shifted when needed), inside an Otsu foreground mask,
+    block-averaged by ``shrink_factor`` in-plane (not along the slice axis); the log bias field is
+    resampled linearly to full resolution and the *unshifted* image divided by ``exp(log bias)``, so zeros
+    stay zero. The choices are explained in ``docs/data.md`` (N4).
 
     Args:
         image: volume ``[X, Y, Z]`` (singleton axes are allowed and ignored; at least 2 non-singleton axes).
@@ -402,8 +321,7 @@ def n4_bias_field_correction(
         num_fitting_levels: B-spline fitting levels.
         num_iterations: maximum iterations per level.
         convergence_threshold: N4 convergence threshold.
-        mask: ``"otsu"`` for an Otsu foreground mask, ``None`` to fit on every voxel (the
-            authors' choice).
+        mask: ``"otsu"`` for an Otsu foreground mask, ``None`` to fit on every voxel (the authors' choice).
         name: file name for error messages.
 
     Returns:
@@ -449,9 +367,7 @@ def n4_bias_field_correction(
 
     slice_ax = slice_axis_from_spacing(sp) if ndim == 3 else -1
     factors = [1 if ax == slice_ax else max(1, min(int(shrink_factor), vol.shape[ax])) for ax in range(ndim)]
-    # BinShrink averages blocks and its output geometry matches the averaged positions; plain
-    # ShrinkImageFilter picks one voxel per block and, for even factors, labels it with a
-    # position half a voxel away, which shifts the reconstructed field by half a voxel.
+    # BinShrink, not ShrinkImageFilter: the latter labels its samples half a voxel off for even factors.
     small = itk.bin_shrink_image_filter(itk_image, shrink_factors=factors[::-1])
     small_mask = itk.bin_shrink_image_filter(itk_mask, shrink_factors=factors[::-1])
     n4 = itk.N4BiasFieldCorrectionImageFilter[image_type, mask_type, image_type].New(Input=small, MaskImage=small_mask)
@@ -459,28 +375,29 @@ def n4_bias_field_correction(
     n4.SetMaximumNumberOfIterations([int(num_iterations)] * int(num_fitting_levels))
     n4.SetConvergenceThreshold(float(convergence_threshold))
     n4.Update()
-    log_bias_small = n4.ReconstructBiasField(n4.GetLogBiasFieldControlPointLattice())
-    log_bias = _resample_to_full_grid(
-        itk.array_from_image(log_bias_small),
-        np.asarray(log_bias_small.GetOrigin(), dtype=float)[::-1],
-        np.asarray(log_bias_small.GetSpacing(), dtype=float)[::-1],
-        vol.shape,
-        sp,
-    )
+    log_bias_itk = n4.ReconstructBiasField(n4.GetLogBiasFieldControlPointLattice())
+    # Linear resampling to full resolution (origin 0); beyond the outermost coarse voxel centres the border
+    # value is kept, where ITK's linear resampling would write 0 (no correction along a band at each edge).
+    coarse = itk.array_from_image(log_bias_itk)
+    origin = np.asarray(log_bias_itk.GetOrigin(), dtype=float)[::-1]
+    step = np.asarray(log_bias_itk.GetSpacing(), dtype=float)[::-1]
+    coords = []
+    for ax, n in enumerate(coarse.shape):
+        idx = (np.arange(vol.shape[ax]) * sp[ax] - origin[ax]) / step[ax]
+        coords.append(torch.as_tensor(2.0 * idx / (n - 1) - 1.0 if n > 1 else np.zeros_like(idx), dtype=torch.float32))
+    grid = torch.stack(torch.meshgrid(*coords, indexing="ij")[::-1], dim=-1)[None]  # grid_sample: last axis first
+    src = torch.as_tensor(np.ascontiguousarray(coarse), dtype=torch.float32)[None, None]
+    log_bias = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0].numpy()
     corrected = (vol / np.exp(log_bias)).astype(np.float32)
-    return corrected.reshape(arr.shape), log_bias.astype(np.float32).reshape(arr.shape)
+    return corrected.reshape(arr.shape), log_bias.reshape(arr.shape)
 
 
 class N4BiasFieldCorrectiond(MapTransform):
-    """N4 bias-field correction (Tustison et al., 2010) as in the paper's preprocessing.
+    """N4 bias-field correction (Tustison et al., 2010) of every channel, as in the paper's preprocessing.
 
-    Each channel of ``[C, X, Y, Z]`` is corrected with :func:`n4_bias_field_correction`, using the
-    voxel spacing of the MetaTensor (``pixdim``; 1 mm when the input carries no affine). The fit
-    runs on an in-plane-shrunk copy with an Otsu mask, which takes seconds instead of the
-    minutes a full-resolution fit needs; the authors ran SimpleITK's N4 at full resolution
-    without a mask (same levels, iterations and convergence threshold).
-
-    Intensity only, so it is not invertible and ``Invertd`` skips it.
+    Uses :func:`n4_bias_field_correction` with the MetaTensor's voxel spacing (1 mm without an affine).
+    Fitting on an in-plane-shrunk copy with an Otsu mask takes seconds instead of the minutes of the
+    authors' full-resolution, unmasked fit. Intensity only, so ``Invertd`` skips it.
 
     Args:
         keys: image keys.
@@ -520,26 +437,13 @@ class N4BiasFieldCorrectiond(MapTransform):
         d = dict(data)
         if not self.enabled:
             return d
+        names = ("shrink_factor", "num_fitting_levels", "num_iterations", "convergence_threshold", "mask")
+        kwargs = {name: getattr(self, name) for name in names}
         for key in self.key_iterator(d):
             img = d[key]
-            name = source_name(img)
             spacing = SliceAxisLastd._spacing(img)
             arr = convert_to_tensor(img, track_meta=False).detach().cpu().numpy()
-            out = np.stack(
-                [
-                    n4_bias_field_correction(
-                        channel,
-                        spacing,
-                        shrink_factor=self.shrink_factor,
-                        num_fitting_levels=self.num_fitting_levels,
-                        num_iterations=self.num_iterations,
-                        convergence_threshold=self.convergence_threshold,
-                        mask=self.mask,
-                        name=name,
-                    )[0]
-                    for channel in arr
-                ]
-            )
+            out = np.stack([n4_bias_field_correction(c, spacing, name=source_name(img), **kwargs)[0] for c in arr])
             d[key], *_ = convert_to_dst_type(out, img, dtype=torch.float32)
         return d
 
@@ -547,13 +451,9 @@ class N4BiasFieldCorrectiond(MapTransform):
 class PercentileNormalized(MapTransform):
     """Per-volume percentile normalisation ``(x - p_lower) / (p_upper - p_lower)``, then optional clipping.
 
-    Percentiles are taken over the whole volume (all channels) with numpy's linear
-    interpolation, as the authors' ``normalize_minmax_data`` does. Values below ``p_lower`` and
-    above ``p_upper`` fall outside ``[0, 1]``; they are kept unless ``clip`` is given. The bundles clip
-    to the range that the training batch augmentation clips to (``intensity_range``, ``[0, 1.5]``), so
-    validation, test, pseudo-label and inference inputs lie in the same range as training inputs. MONAI's
-    ``ScaleIntensityRangePercentilesd(lower, upper, 0, 1, clip=False)`` computes the same map but
-    silently returns ``x - p_lower`` for a constant image; here that is an error.
+    Percentiles are taken over the whole volume (all channels) with numpy's linear interpolation, as the
+    authors' ``normalize_minmax_data``. MONAI's ``ScaleIntensityRangePercentilesd`` computes the same map
+    but silently returns ``x - p_lower`` for a constant image; here that is an error.
 
     Args:
         keys: image keys.
