@@ -61,8 +61,7 @@ def prostate_subject(
     # three sub-slices per slice for through-plane partial volume; labels use the middle one
     sub_shape = (shape[0], shape[1], 3 * nz)
     x, y, z = geo.voxel_grid(sub_shape, (sp, sp, dz / 3.0))
-    grid = (x, y, z)
-    local = geo.local_coordinates(grid, gland_c, gland_rot)
+    local = geo.local_coordinates((x, y, z), gland_c, gland_rot)
     rho_g = geo.ellipsoid_radius(local, radii)
     gland = rho_g < 1.0
     tz = (geo.ellipsoid_radius([local[k] - tz_shift[k] for k in range(3)], tz_radii) < 1.0) & gland
