@@ -86,10 +86,7 @@ def subject_grid(
     default_sp = rng.uniform(*sp)
     default_nz = int(rng.integers(nz[0], nz[1]))
     default_dz = rng.uniform(*dz)
-    if image_size is None:
-        nxy, spacing_xy = default_xy, default_sp
-    else:
-        nxy = np.asarray(image_size)
-        spacing_xy = default_sp * float(default_xy.mean()) / float(nxy.mean())
+    nxy = default_xy if image_size is None else np.asarray(image_size)
+    spacing_xy = default_sp * float(default_xy.mean()) / float(nxy.mean())
     slices = default_nz if num_slices is None else num_slices
     return (int(nxy[0]), int(nxy[1]), slices), (spacing_xy, spacing_xy, default_dz * default_nz / slices)
