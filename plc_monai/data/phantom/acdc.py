@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from plc_monai.data.phantom.geometry import random_affine, storage_orientation, subject_grid, voxel_grid
+from plc_monai.data.phantom.geometry import random_pose, subject_grid, voxel_grid
 from plc_monai.data.phantom.imaging import bias_field, nifti_pair, quantise, rician, smooth_noise, subject_rng
 
 __all__ = ["acdc_subject", "acdc_cycle"]
@@ -14,16 +14,15 @@ _ACDC_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
 
 
 def acdc_cycle(seed: int, index: int) -> tuple[int, int]:
-    """``(ES frame, number of frames)`` of ACDC patient ``index`` (own stream: file names need it)."""
+    """``(ES frame, number of frames)`` of ACDC patient ``index`` (own stream: the file names need it)."""
     rng = subject_rng(seed, "acdc", index, 1)
     return int(rng.integers(8, 15)), int(rng.integers(25, 36))
 
 
 def acdc_subject(
     rng: np.random.Generator, index: int, image_size: tuple[int, int] | None, num_slices: int | None, seed: int
-) -> tuple[dict[str, object], dict]:
-    """One ACDC patient folder: ED/ES images and labels and ``Info.cfg``."""
-    pid = f"patient{index + 1:03d}"
+) -> list[object]:
+    """One ACDC patient: ED image and label, ES image and label (NIfTI) and the ``Info.cfg`` bytes."""
     shape, spacing = subject_grid(rng, image_size, num_slices, xy=(160, 225), sp=(1.2, 1.9), nz=(8, 13), dz=(5.0, 10.0))
     sp, nz = spacing[0], shape[2]
 
@@ -93,41 +92,33 @@ def acdc_subject(
     step = (t_end - t_start) / (nz - 1)
     # three sub-slices per slice for through-plane partial volume; labels use the middle one
     t = (np.linspace(t_start, t_end, nz)[:, None] + step * np.array([-1.0, 0.0, 1.0]) / 3.0).reshape(-1)
-    x, y, _ = voxel_grid((shape[0], shape[1], 1), (sp, sp, 1.0))
+    x, y = (g.astype(np.float32) for g in voxel_grid((shape[0], shape[1], 1), (sp, sp, 1.0))[:2])
 
     blur = rng.uniform(0.5, 0.9)
     texture_amp = rng.uniform(0.04, 0.09)
     noise = rng.uniform(0.02, 0.05)
     scale = rng.uniform(250.0, 1200.0)
     bias = bias_field(rng, shape, rng.uniform(0.08, 0.14), (2, 2, 1))
-    affine = random_affine(rng, shape, spacing, tilt_deg=15.0)
-    ornt = storage_orientation(rng)
+    pose = random_pose(rng, shape, spacing, tilt_deg=15.0)
 
-    x, y = x.astype(np.float32), y.astype(np.float32)
-    files: dict[str, object] = {}
-    for frame, (intensity, labels) in zip((1, es_frame), _acdc_frames(x, y, t, p, b, mean)):
+    files: list[object] = []
+    for intensity, labels in _acdc_frames(x, y, t, p, b, mean):
         intensity = intensity.reshape(shape[0], shape[1], nz, 3).mean(axis=-1)
         labels = labels.reshape(shape[0], shape[1], nz, 3)[..., 1]
         intensity = intensity * (1.0 + texture_amp * smooth_noise(rng, shape, (2.0 / sp, 2.0 / sp, 0.0)))
         intensity = gaussian_filter(intensity, (blur, blur, 0.0), mode="nearest") * bias
         image = quantise(rician(rng, intensity, noise), scale)
-        img, lab = nifti_pair(image, labels.astype(np.uint8), affine, ornt)
-        files[f"training/{pid}/{pid}_frame{frame:02d}.nii.gz"] = img
-        files[f"training/{pid}/{pid}_frame{frame:02d}_gt.nii.gz"] = lab
-    info = (
-        f"ED: 1\nES: {es_frame}\nGroup: {group}\nHeight: {height:.1f}\nNbFrame: {nb_frame}\nWeight: {weight:.1f}\n"
-    )
-    files[f"training/{pid}/Info.cfg"] = info.encode("utf-8")
-    return files, {"id": pid, "group": group, "es": es_frame}
+        files += nifti_pair(image, labels.astype(np.uint8), pose)
+    info = f"ED: 1\nES: {es_frame}\nGroup: {group}\nHeight: {height:.1f}\nNbFrame: {nb_frame}\nWeight: {weight:.1f}\n"
+    return files + [info.encode("utf-8")]
 
 
 def _acdc_frames(
     x: np.ndarray, y: np.ndarray, t: np.ndarray, p: dict, b: dict, mean: dict
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Intensity (before texture, blur, bias, noise) and labels on ``[X, Y, T]`` at ED and ES.
+    """Intensity (before texture, blur, bias, noise) and labels ``[X, Y, T]`` at ED and ES.
 
-    ``t`` is the normalised long-axis position of each (sub-)slice: 0 at the base, about 1 at the
-    apex. The geometry that does not move between the two phases is computed once.
+    ``t`` is the long-axis position of each (sub-)slice: 0 at the base, about 1 at the apex.
     """
     tt = t[None, None, :].astype(np.float32)
     tc = np.clip(tt, 0.0, None)
@@ -181,9 +172,8 @@ def _acdc_frames(
         # papillary muscles: dark blobs inside the cavity, labelled LV as in ACDC
         pap_r = p["pap_radius"] * np.sqrt(np.clip(r_endo / p["r_endo"], 0.0, 1.0)) * (1.3 if systole else 1.0)
         angles = p["rv_angle"] + np.pi + np.array([p["pap_offset"][0], -p["pap_offset"][1]])
-        pap = (
-            (np.hypot(dx - 0.62 * r_endo * np.cos(angles[0]), dy - 0.62 * r_endo * np.sin(angles[0])) < pap_r)
-            | (np.hypot(dx - 0.62 * r_endo * np.cos(angles[1]), dy - 0.62 * r_endo * np.sin(angles[1])) < pap_r)
+        pap = np.logical_or.reduce(
+            [np.hypot(dx - 0.62 * r_endo * np.cos(a), dy - 0.62 * r_endo * np.sin(a)) < pap_r for a in angles]
         ) & lv & (r_endo > 8.0)
         rr = (r_h - r_epi) * harm
         has_rv = rv_t > 0.5

@@ -13,8 +13,7 @@ __all__ = [
     "ellipsoid_radius",
     "tube_distance",
     "random_rotation",
-    "random_affine",
-    "storage_orientation",
+    "random_pose",
     "subject_grid",
 ]
 
@@ -45,31 +44,29 @@ def tube_distance(grid: Sequence[np.ndarray], p0: np.ndarray, p1: np.ndarray) ->
 
 
 def random_rotation(rng: np.random.Generator, max_deg: Sequence[float]) -> np.ndarray:
+    """Rotation matrix of random ``xyz`` Euler angles within ``+-max_deg`` degrees."""
     angles = rng.uniform(-1.0, 1.0, 3) * np.asarray(max_deg, dtype=float)
     return Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
 
 
-def random_affine(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], tilt_deg: float) -> np.ndarray:
-    """Voxel-to-world affine: a random (half the subjects: tilted) direction matrix and origin."""
+def random_pose(
+    rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], tilt_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random voxel-to-world affine and the storage orientation (``nibabel`` ``ornt``) of a subject.
+
+    Half the subjects get a tilted direction matrix; the arrays are stored with random axis flips and
+    sometimes swapped in-plane axes (the slice axis stays the third, as in the real data).
+    """
     rot = random_rotation(rng, (tilt_deg, tilt_deg, tilt_deg))
     if rng.random() < 0.5:
         rot = np.eye(3)
     linear = rot * np.asarray(spacing, dtype=float)[None, :]
-    centre = rng.uniform(-40.0, 40.0, 3)
     affine = np.eye(4)
     affine[:3, :3] = linear
-    affine[:3, 3] = centre - linear @ ((np.asarray(shape[:3], dtype=float) - 1.0) / 2.0)
-    return affine
-
-
-def storage_orientation(rng: np.random.Generator) -> np.ndarray:
-    """How the arrays are stored: random flips of each axis and sometimes swapped in-plane axes.
-
-    The slice axis stays the third array axis, as in the real data.
-    """
+    affine[:3, 3] = rng.uniform(-40.0, 40.0, 3) - linear @ ((np.asarray(shape[:3], dtype=float) - 1.0) / 2.0)
     flips = np.where(rng.random(3) < 0.3, -1.0, 1.0)
     axes = np.array([1.0, 0.0, 2.0]) if rng.random() < 0.25 else np.array([0.0, 1.0, 2.0])
-    return np.column_stack([axes, flips])
+    return affine, np.column_stack([axes, flips])
 
 
 def subject_grid(
@@ -81,20 +78,15 @@ def subject_grid(
     nz: tuple[int, int],
     dz: tuple[float, float],
 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """A subject's voxel grid: shape ``(X, Y, Z)`` and spacing in mm.
+    """A subject's grid: shape ``(X, Y, Z)`` and spacing in mm, drawn from the ranges ``xy``, ``sp``, ``nz``, ``dz``.
 
-    Draws a default in-plane size in ``[xy[0], xy[1])``, in-plane spacing in ``sp``, slice count in
-    ``nz`` and slice thickness in ``dz``. ``image_size``/``num_slices`` overrides keep the drawn field
-    of view (the spacing changes instead), so small test phantoms show the same anatomy.
+    ``image_size``/``num_slices`` override the size but keep the drawn field of view (the spacing changes).
     """
     default_xy = rng.integers(xy[0], xy[1], size=2)
     default_sp = rng.uniform(*sp)
     default_nz = int(rng.integers(nz[0], nz[1]))
     default_dz = rng.uniform(*dz)
-    if image_size is None:
-        nxy, spacing_xy = default_xy, default_sp
-    else:
-        nxy = np.asarray(image_size)
-        spacing_xy = default_sp * float(default_xy.mean()) / float(nxy.mean())
+    nxy = default_xy if image_size is None else np.asarray(image_size)
+    spacing_xy = default_sp * float(default_xy.mean()) / float(nxy.mean())
     slices = default_nz if num_slices is None else num_slices
     return (int(nxy[0]), int(nxy[1]), slices), (spacing_xy, spacing_xy, default_dz * default_nz / slices)

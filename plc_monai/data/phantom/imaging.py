@@ -1,5 +1,4 @@
-"""Image formation of the phantoms: each subject's random stream, bias field, texture, Rician noise,
-quantisation and the NIfTI image/label pair."""
+"""Image formation of the phantoms: random streams, bias field, texture, Rician noise, NIfTI files."""
 
 from __future__ import annotations
 
@@ -16,25 +15,14 @@ DATASET_KEYS = {"acdc": 1, "prostate": 2, "mmwhs": 3}
 
 
 def subject_rng(seed: int, dataset: str, index: int, *stream: int) -> np.random.Generator:
-    """The random generator of subject ``index`` of ``dataset`` (``stream`` picks a further independent one).
-
-    Subject ``i`` depends only on the dataset, the seed and ``i``, so any subset of subjects can be
-    regenerated alone.
-    """
+    """The random generator of subject ``index`` of ``dataset`` (``stream`` picks a further independent one)."""
     return np.random.default_rng(np.random.SeedSequence([seed, DATASET_KEYS[dataset], index, *stream]))
 
 
 def bias_field(rng: np.random.Generator, shape: Sequence[int], strength: float, degree: Sequence[int]) -> np.ndarray:
-    """Smooth multiplicative field: ``exp`` of a random Legendre polynomial of low degree.
+    """Smooth multiplicative field ``[X, Y, Z]`` with geometric mean 1: ``exp`` of a random Legendre polynomial.
 
-    Args:
-        rng: random generator.
-        shape: ``[X, Y, Z]``.
-        strength: standard deviation of each polynomial coefficient (log scale).
-        degree: polynomial degree along each axis.
-
-    Returns:
-        Field of ``shape`` with geometric mean 1.
+    ``strength`` is the standard deviation of each (log-scale) coefficient, ``degree`` the degree along each axis.
     """
     bases = [np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n), d) for n, d in zip(shape, degree)]
     coef = rng.normal(0.0, strength, size=tuple(d + 1 for d in degree))
@@ -57,13 +45,15 @@ def rician(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndar
 
 
 def quantise(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image * scale`` rounded and clipped to ``int16``."""
     return np.clip(np.rint(image * scale), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
 def nifti_pair(
-    image: np.ndarray, label: np.ndarray, affine: np.ndarray, ornt: np.ndarray
+    image: np.ndarray, label: np.ndarray, pose: tuple[np.ndarray, np.ndarray]
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """Image and label NIfTI with the same affine, re-stored with ``ornt`` (world unchanged)."""
+    """Image and label NIfTI with the affine of ``pose`` (see ``random_pose``), re-stored with its ``ornt``."""
+    affine, ornt = pose
     pair = []
     for array in (image, label):
         img = nib.Nifti1Image(array, affine).as_reoriented(ornt)

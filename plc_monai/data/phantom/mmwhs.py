@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import nibabel as nib
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
-from plc_monai.data.phantom.geometry import (
-    ellipsoid_radius,
-    local_coordinates,
-    random_affine,
-    random_rotation,
-    storage_orientation,
-    subject_grid,
-    tube_distance,
-    voxel_grid,
-)
+from plc_monai.data.phantom import geometry as geo
 from plc_monai.data.phantom.imaging import bias_field, nifti_pair, quantise, rician, smooth_noise
 from plc_monai.data.specs import get_spec
 
@@ -25,10 +15,11 @@ __all__ = ["mmwhs_subject"]
 
 def mmwhs_subject(
     rng: np.random.Generator, index: int, image_size: tuple[int, int] | None, num_slices: int | None, seed: int
-) -> tuple[dict[str, object], dict]:
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """One MM-WHS MR case: image and raw-valued labels of the seven structures."""
-    stem = f"mr_train_{1001 + index}"
-    shape, spacing = subject_grid(rng, image_size, num_slices, xy=(120, 137), sp=(1.5, 2.0), nz=(52, 65), dz=(1.6, 2.0))
+    shape, spacing = geo.subject_grid(
+        rng, image_size, num_slices, xy=(120, 137), sp=(1.5, 2.0), nz=(52, 65), dz=(1.6, 2.0)
+    )
     sp, nz, dz = spacing[0], shape[2], spacing[2]
     spec = get_spec("mmwhs")
     value = dict(zip(spec.class_names, spec.raw_label_values))
@@ -36,23 +27,19 @@ def mmwhs_subject(
     # heart frame: x to the subject's right, y anterior, z superior; k scales the whole heart
     k = rng.uniform(0.95, 1.1) * min(1.0, nz * dz / 105.0)
     h = np.array([rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0), rng.uniform(-6.0, 6.0)])
-    rot_h = random_rotation(rng, (12.0, 12.0, 20.0))
-
-    def at(offset: Sequence[float]) -> np.ndarray:
-        return h + rot_h @ (np.asarray(offset, dtype=float) * k)
-
+    rot_h = geo.random_rotation(rng, (12.0, 12.0, 20.0))
     axis = np.array([-0.5, 0.45, -0.75]) + rng.uniform(-0.1, 0.1, 3)
     axis /= np.linalg.norm(axis)
     side = np.cross(axis, [0.0, 0.0, 1.0])
     side /= np.linalg.norm(side)
     frame_lv = rot_h @ np.column_stack([side, np.cross(axis, side), axis])
     a_long, a_tr, thick = rng.uniform(38.0, 46.0) * k, rng.uniform(20.0, 26.0) * k, rng.uniform(8.0, 12.0) * k
-    c_lv = at([-15.0, 0.0, -10.0])
-    grid = voxel_grid(shape, spacing)
-    l_lv = local_coordinates(grid, c_lv, frame_lv)
+    c_lv = h + rot_h @ (np.array([-15.0, 0.0, -10.0]) * k)
+    grid = geo.voxel_grid(shape, spacing)
+    l_lv = geo.local_coordinates(grid, c_lv, frame_lv)
     above_base = l_lv[2] > -0.55 * a_long
-    lv = (ellipsoid_radius(l_lv, (a_tr, a_tr * rng.uniform(0.85, 1.0), a_long)) < 1.0) & above_base
-    myo_ell = ellipsoid_radius(l_lv, (a_tr + thick, a_tr + thick, a_long + thick)) < 1.0
+    lv = (geo.ellipsoid_radius(l_lv, (a_tr, a_tr * rng.uniform(0.85, 1.0), a_long)) < 1.0) & above_base
+    myo_ell = geo.ellipsoid_radius(l_lv, (a_tr + thick, a_tr + thick, a_long + thick)) < 1.0
     myo = myo_ell & ~lv & above_base
 
     # RV wraps the LV on the right-anterior side
@@ -62,8 +49,8 @@ def mmwhs_subject(
     frame_rv[:, 1] /= np.linalg.norm(frame_rv[:, 1])
     frame_rv[:, 0] = np.cross(frame_rv[:, 1], frame_rv[:, 2])
     rv_radii = np.array([rng.uniform(22.0, 30.0), rng.uniform(30.0, 40.0), 0.85 * a_long / k]) * k
-    l_rv = local_coordinates(grid, c_rv, frame_rv)
-    rho_rv = ellipsoid_radius(l_rv, rv_radii)
+    l_rv = geo.local_coordinates(grid, c_rv, frame_rv)
+    rho_rv = geo.ellipsoid_radius(l_rv, rv_radii)
     rv = (rho_rv < 1.0) & ~myo_ell & (l_rv[2] > -0.6 * rv_radii[2])
     rv_wall = (rho_rv < 1.0 + 3.0 / rv_radii.mean()) & ~myo_ell & ~rv & (l_rv[2] > -0.6 * rv_radii[2])
 
@@ -72,23 +59,23 @@ def mmwhs_subject(
     c_la = base - frame_lv[:, 2] * la_r[2] * 0.8 + rot_h @ np.array([0.0, -12.0, 0.0]) * k
     ra_r = np.array([rng.uniform(20.0, 26.0), rng.uniform(18.0, 24.0), rng.uniform(22.0, 28.0)]) * k
     c_ra = c_la + rot_h @ np.array([rng.uniform(30.0, 38.0), 5.0, -8.0]) * k
-    la = ellipsoid_radius(local_coordinates(grid, c_la, rot_h), la_r) < 1.0
-    ra = ellipsoid_radius(local_coordinates(grid, c_ra, rot_h), ra_r) < 1.0
+    la = geo.ellipsoid_radius(geo.local_coordinates(grid, c_la, rot_h), la_r) < 1.0
+    ra = geo.ellipsoid_radius(geo.local_coordinates(grid, c_ra, rot_h), ra_r) < 1.0
 
     aa_p0 = base + rot_h @ np.array([8.0, 5.0, 0.0]) * k
     aa_p1 = aa_p0 + rot_h @ np.array([8.0, 3.0, rng.uniform(45.0, 60.0)]) * k
     aa_p2 = aa_p1 + rot_h @ np.array([-25.0, -30.0, 10.0]) * k
     aa_r = rng.uniform(11.0, 15.0) * k
-    aa = (tube_distance(grid, aa_p0, aa_p1) < aa_r) | (tube_distance(grid, aa_p1, aa_p2) < aa_r)
+    aa = (geo.tube_distance(grid, aa_p0, aa_p1) < aa_r) | (geo.tube_distance(grid, aa_p1, aa_p2) < aa_r)
     pa_p0 = aa_p0 + rot_h @ np.array([-18.0, 14.0, 5.0]) * k
     pa_p1 = pa_p0 + rot_h @ np.array([-10.0, -12.0, 35.0]) * k
     pa_r = rng.uniform(11.0, 14.0) * k
     pa = (
-        (tube_distance(grid, pa_p0, pa_p1) < pa_r)
-        | (tube_distance(grid, pa_p1, pa_p1 + rot_h @ np.array([-30.0, -15.0, 0.0]) * k) < 0.75 * pa_r)
-        | (tube_distance(grid, pa_p1, pa_p1 + rot_h @ np.array([30.0, -15.0, -3.0]) * k) < 0.75 * pa_r)
+        (geo.tube_distance(grid, pa_p0, pa_p1) < pa_r)
+        | (geo.tube_distance(grid, pa_p1, pa_p1 + rot_h @ np.array([-30.0, -15.0, 0.0]) * k) < 0.75 * pa_r)
+        | (geo.tube_distance(grid, pa_p1, pa_p1 + rot_h @ np.array([30.0, -15.0, -3.0]) * k) < 0.75 * pa_r)
     )
-    outflow = tube_distance(grid, c_rv, pa_p0) < 0.8 * pa_r  # RV outflow tract, labelled RV
+    outflow = geo.tube_distance(grid, c_rv, pa_p0) < 0.8 * pa_r  # RV outflow tract, labelled RV
 
     structures = [lv, myo, aa, pa, rv | outflow, la, ra]
     names = ["LV", "Myo", "AA", "PA", "RV", "LA", "RA"]
@@ -107,10 +94,10 @@ def mmwhs_subject(
     muscle = body & (rho_body > 1.0 - rng.uniform(20.0, 32.0) / mean_axis)
     peri = distance_transform_edt(~heart, sampling=spacing) < rng.uniform(2.0, 5.0)
     lung_r = (0.35 * ax, 0.6 * ay, 150.0)
-    lung = (ellipsoid_radius([bx + 0.45 * ax, by + 0.05 * ay, z - h[2]], lung_r) < 1.0) | (
-        ellipsoid_radius([bx - 0.45 * ax, by + 0.05 * ay, z - h[2]], lung_r) < 1.0
+    lung = (geo.ellipsoid_radius([bx + 0.45 * ax, by + 0.05 * ay, z - h[2]], lung_r) < 1.0) | (
+        geo.ellipsoid_radius([bx - 0.45 * ax, by + 0.05 * ay, z - h[2]], lung_r) < 1.0
     )
-    liver = ellipsoid_radius([bx - 0.3 * ax, by, z - h[2] + 70.0 * k], (0.5 * ax, 0.6 * ay, 45.0)) < 1.0
+    liver = geo.ellipsoid_radius([bx - 0.3 * ax, by, z - h[2] + 70.0 * k], (0.5 * ax, 0.6 * ay, 45.0)) < 1.0
     desc = np.broadcast_to(np.hypot(bx + 20.0, by + 0.6 * ay) < rng.uniform(10.0, 13.0), shape)
     spine = np.broadcast_to(np.hypot(bx, by + 0.8 * ay) < 16.0, shape)
 
@@ -129,6 +116,4 @@ def mmwhs_subject(
     intensity = gaussian_filter(intensity, blur, mode="nearest") * bias
     image = quantise(rician(rng, intensity, rng.uniform(0.02, 0.05)), rng.uniform(400.0, 1600.0))
 
-    affine = random_affine(rng, shape, spacing, tilt_deg=15.0)
-    img, lab = nifti_pair(image, labels, affine, storage_orientation(rng))
-    return {f"{stem}_image.nii.gz": img, f"{stem}_label.nii.gz": lab}, {"id": stem}
+    return nifti_pair(image, labels, geo.random_pose(rng, shape, spacing, tilt_deg=15.0))

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from plc_monai.data.phantom.geometry import (
-    ellipsoid_radius,
-    local_coordinates,
-    random_affine,
-    random_rotation,
-    storage_orientation,
-    subject_grid,
-    voxel_grid,
-)
+from plc_monai.data.phantom import geometry as geo
 from plc_monai.data.phantom.imaging import bias_field, nifti_pair, quantise, rician, smooth_noise
 
 __all__ = ["prostate_subject"]
@@ -21,10 +14,11 @@ __all__ = ["prostate_subject"]
 
 def prostate_subject(
     rng: np.random.Generator, index: int, image_size: tuple[int, int] | None, num_slices: int | None, seed: int
-) -> tuple[dict[str, object], dict]:
-    """One MSD prostate case: 4D T2/ADC image and zone labels."""
-    case = f"prostate_{index:02d}"
-    shape, spacing = subject_grid(rng, image_size, num_slices, xy=(240, 273), sp=(0.4, 0.7), nz=(16, 23), dz=(3.0, 4.0))
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """One MSD prostate case: 4D ``[X, Y, Z, 2]`` T2/ADC image (ADC in 1e-6 mm^2/s) and zone labels."""
+    shape, spacing = geo.subject_grid(
+        rng, image_size, num_slices, xy=(240, 273), sp=(0.4, 0.7), nz=(16, 23), dz=(3.0, 4.0)
+    )
     sp, nz, dz = spacing[0], shape[2], spacing[2]
     extent = nz * dz
 
@@ -33,7 +27,7 @@ def prostate_subject(
     radii[2] = min(radii[2], 0.45 * extent)
     z_g = float(np.clip(rng.uniform(-0.15, 0.05) * extent, -extent / 2 + radii[2] + 2.0, extent / 2 - radii[2] - 2.0))
     gland_c = np.array([rng.uniform(-4.0, 4.0), rng.uniform(-6.0, 6.0), z_g])
-    gland_rot = random_rotation(rng, (15.0, 5.0, 8.0))
+    gland_rot = geo.random_rotation(rng, (15.0, 5.0, 8.0))
     tz_f = min(rng.uniform(0.55, 0.75) * np.sqrt(bph), 0.85)
     tz_shift = np.array([0.0, rng.uniform(0.1, 0.2), rng.uniform(0.1, 0.25)]) * radii
     tz_radii = tz_f * radii * np.array([1.0, 0.9, 0.85])
@@ -66,12 +60,11 @@ def prostate_subject(
 
     # three sub-slices per slice for through-plane partial volume; labels use the middle one
     sub_shape = (shape[0], shape[1], 3 * nz)
-    x, y, z = voxel_grid(sub_shape, (sp, sp, dz / 3.0))
-    grid = (x, y, z)
-    local = local_coordinates(grid, gland_c, gland_rot)
-    rho_g = ellipsoid_radius(local, radii)
+    x, y, z = geo.voxel_grid(sub_shape, (sp, sp, dz / 3.0))
+    local = geo.local_coordinates((x, y, z), gland_c, gland_rot)
+    rho_g = geo.ellipsoid_radius(local, radii)
     gland = rho_g < 1.0
-    tz = (ellipsoid_radius([local[k] - tz_shift[k] for k in range(3)], tz_radii) < 1.0) & gland
+    tz = (geo.ellipsoid_radius([local[k] - tz_shift[k] for k in range(3)], tz_radii) < 1.0) & gland
     # anterior fibromuscular stroma: a band under the anterior surface (background label);
     # the peripheral zone is the rest, a crescent posterior and lateral to the TZ
     front = (radii[1] - afms_thick) * np.sqrt(np.clip(1.0 - (local[0] / radii[0]) ** 2, 0.0, 1.0))
@@ -81,7 +74,7 @@ def prostate_subject(
     capsule = rho_g < 1.0 + 1.2 / mean_r
     peri = rho_g < 1.0 + rng.uniform(4.0, 8.0) / mean_r
     urethra = np.hypot(local[0], local[1] - tz_shift[1] * 0.5) < 2.5
-    rho_b = ellipsoid_radius([x - bladder_c[0], y - bladder_c[1], z - bladder_c[2]], bladder_r)
+    rho_b = geo.ellipsoid_radius([x - bladder_c[0], y - bladder_c[1], z - bladder_c[2]], bladder_r)
     rx = x - rect_c[0] - rect_tilt[0] * z
     ry = y - rect_c[1] - rect_tilt[1] * z
     rect_d = np.hypot(rx, ry)
@@ -108,7 +101,7 @@ def prostate_subject(
 
     bias = bias_field(rng, shape, rng.uniform(0.06, 0.12), (2, 2, 1))
     if coil:  # endorectal coil: bright signal close to the rectum, falling off with distance
-        xs, ys, zs = voxel_grid(shape, spacing)
+        xs, ys, zs = geo.voxel_grid(shape, spacing)
         d = np.hypot(xs - rect_c[0] - rect_tilt[0] * zs, ys - rect_c[1] - rect_tilt[1] * zs)
         bias = bias * (1.0 + rng.uniform(0.5, 1.5) * np.exp(-np.clip(d - rect_r, 0.0, None) / rng.uniform(20.0, 30.0)))
     blur = rng.uniform(0.5, 0.9)
@@ -122,7 +115,4 @@ def prostate_subject(
     adc_img = quantise(np.clip(adc_img, 0.0, None), 1000.0)
     image = np.stack([t2_img, adc_img], axis=-1)
 
-    affine = random_affine(rng, shape, spacing, tilt_deg=12.0)
-    img, lab = nifti_pair(image, labels, affine, storage_orientation(rng))
-    files = {f"imagesTr/{case}.nii.gz": img, f"labelsTr/{case}.nii.gz": lab}
-    return files, {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
+    return nifti_pair(image, labels, geo.random_pose(rng, shape, spacing, tilt_deg=12.0))

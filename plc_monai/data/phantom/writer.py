@@ -1,4 +1,4 @@
-"""Writing a phantom dataset: the public functions, the files of each layout, the marker file, stale files."""
+"""Writing a phantom dataset: the public functions, the file names of each layout, the marker file, stale files."""
 
 from __future__ import annotations
 
@@ -24,9 +24,7 @@ MARKER_NAME = "PHANTOM_README.txt"
 """Name of the marker file written at the root of every phantom dataset."""
 
 _MAX_SUBJECTS = {"acdc": 999, "prostate": 100, "mmwhs": 99}
-_MIN_IMAGE_SIZE = 32
-_MIN_SLICES = 4
-_GZIP_LEVEL = 1
+_SUBJECTS = {"acdc": acdc_subject, "prostate": prostate_subject, "mmwhs": mmwhs_subject}
 
 
 def write_phantom_dataset(
@@ -40,25 +38,18 @@ def write_phantom_dataset(
 ) -> Path:
     """Write a SYNTHETIC dataset in exactly the official raw layout of ``dataset``.
 
-    The default volume sizes follow the real data, scaled down for a CPU demo: ACDC about 8-12
-    slices of 160-224 pixels per side, prostate 16-22 slices of about 256x256 at about 0.5 mm,
-    MM-WHS 52-64 slices of about 128x128 at 1.5-2 mm. ``image_size`` and ``num_slices`` override
-    the array size for every subject (for tiny test sets); the field of view in millimetres is kept
-    and the voxel spacing changes instead, so the anatomy still fits.
-
-    Writing an existing phantom of the same dataset again replaces it (files of the old phantom that
-    the new one does not have are removed). A marker file ``PHANTOM_README.txt`` at the root says
-    that the data is synthetic and lists the files.
+    Default sizes follow the real data, scaled down for a CPU (docs/data.md). Writing a phantom of the
+    same dataset again replaces it (files of the old one are removed); the marker file
+    ``PHANTOM_README.txt`` says that the data is synthetic and lists the files.
 
     Args:
         dataset: ``"acdc"``, ``"prostate"`` or ``"mmwhs"`` (case-insensitive).
         out_dir: folder to write into; created with its parents when missing.
         num_subjects: number of subjects (ACDC: up to 999, prostate: up to 100, MM-WHS: up to 99).
-        seed: non-negative seed; the same seed gives identical arrays.
-        image_size: in-plane array size ``(X, Y)`` of every subject, each at least 32. ``None``
-            draws a size per subject.
-        num_slices: number of slices ``Z`` of every subject, at least 4. ``None`` draws a number per
-            subject.
+        seed: non-negative seed; the same seed gives identical files.
+        image_size: in-plane array size ``(X, Y)`` of every subject, each at least 32 (the field of
+            view in mm is kept, the spacing changes). ``None`` draws a size per subject.
+        num_slices: number of slices ``Z`` of every subject, at least 4. ``None`` draws one per subject.
         overwrite: allow writing into a non-empty folder that is not a phantom of the same dataset.
             Files already there are left alone unless the phantom writes a file of the same name.
 
@@ -77,12 +68,9 @@ def write_phantom_dataset(
     if image_size is not None:
         if not isinstance(image_size, Sequence) or isinstance(image_size, str) or len(image_size) != 2:
             raise ValueError(f"image_size must be a pair (X, Y) of integers, got {image_size!r}")
-        image_size = (
-            _check_int("image_size[0]", image_size[0], _MIN_IMAGE_SIZE, None),
-            _check_int("image_size[1]", image_size[1], _MIN_IMAGE_SIZE, None),
-        )
+        image_size = tuple(_check_int(f"image_size[{i}]", n, 32, None) for i, n in enumerate(image_size))
     if num_slices is not None:
-        num_slices = _check_int("num_slices", num_slices, _MIN_SLICES, None)
+        num_slices = _check_int("num_slices", num_slices, 4, None)
 
     out = Path(out_dir)
     old_files = _prepare_out_dir(out, name, overwrite)
@@ -97,20 +85,14 @@ def write_phantom_dataset(
     # The marker goes first (listing old and new files), so an interrupted run can be repeated
     # without overwrite=True and still cleans up; it is rewritten with the final list at the end.
     _write_marker(out, settings, sorted(set(old_files) | set(new_files)))
-
-    subject = {"acdc": acdc_subject, "prostate": prostate_subject, "mmwhs": mmwhs_subject}[name]
-    records = []
     for index in range(num_subjects):
-        rng = subject_rng(seed, name, index)
-        files, record = subject(rng, index, image_size, num_slices, seed)
-        for rel_path, content in files.items():
-            if isinstance(content, nib.Nifti1Image):
-                content = _nifti_bytes(content)
+        contents = _SUBJECTS[name](subject_rng(seed, name, index), index, image_size, num_slices, seed)
+        for rel_path, content in zip(_subject_files(name, index, seed), contents):
+            if isinstance(content, nib.Nifti1Image):  # no gzip time stamp: the same arrays give the same bytes
+                content = gzip.compress(content.to_bytes(), compresslevel=1, mtime=0)
             atomic_write_bytes(out / rel_path, content)
-        records.append(record)
     if name == "prostate":
-        atomic_write_bytes(out / "dataset.json", _msd_dataset_json(records, settings))
-
+        atomic_write_bytes(out / "dataset.json", _msd_dataset_json(num_subjects, seed))
     for rel_path in sorted(set(old_files) - set(new_files)):
         _remove_stale(out, rel_path)
     _write_marker(out, settings, new_files)
@@ -118,40 +100,27 @@ def write_phantom_dataset(
 
 
 def phantom_files(dataset: str, num_subjects: int, seed: int = 0) -> list[str]:
-    """Relative paths of the files :func:`write_phantom_dataset` writes for these arguments.
+    """Sorted relative paths (``/`` separators) of the files :func:`write_phantom_dataset` writes.
 
-    The marker file ``PHANTOM_README.txt`` is not included. The ACDC end-systole frame number of
-    each patient depends on ``seed``; the other layouts do not.
-
-    Args:
-        dataset: ``"acdc"``, ``"prostate"`` or ``"mmwhs"``.
-        num_subjects: number of subjects.
-        seed: the seed passed to :func:`write_phantom_dataset`.
-
-    Returns:
-        Sorted relative paths with ``/`` separators.
+    The marker file is not included. The ACDC end-systole frame numbers depend on ``seed``.
 
     Raises:
         ValueError: unknown dataset.
     """
     name = get_spec(dataset).name
-    files: list[str] = []
+    files = [path for index in range(num_subjects) for path in _subject_files(name, index, seed)]
+    return sorted(files + ["dataset.json"] if name == "prostate" else files)
+
+
+def _subject_files(name: str, index: int, seed: int) -> list[str]:
+    """Paths of subject ``index``'s files, in the order its generator returns their contents."""
     if name == "acdc":
-        for i in range(1, num_subjects + 1):
-            folder = f"training/patient{i:03d}"
-            es_frame = acdc_cycle(seed, i - 1)[0]
-            files.append(f"{folder}/Info.cfg")
-            for frame in (1, es_frame):
-                files += [f"{folder}/patient{i:03d}_frame{frame:02d}.nii.gz"]
-                files += [f"{folder}/patient{i:03d}_frame{frame:02d}_gt.nii.gz"]
-    elif name == "prostate":
-        files = ["dataset.json"]
-        for i in range(num_subjects):
-            files += [f"imagesTr/prostate_{i:02d}.nii.gz", f"labelsTr/prostate_{i:02d}.nii.gz"]
-    else:
-        for i in range(1, num_subjects + 1):
-            files += [f"mr_train_{1000 + i}_image.nii.gz", f"mr_train_{1000 + i}_label.nii.gz"]
-    return sorted(files)
+        pid = f"patient{index + 1:03d}"
+        stems = [f"training/{pid}/{pid}_frame{frame:02d}" for frame in (1, acdc_cycle(seed, index)[0])]
+        return [f"{stem}{gt}.nii.gz" for stem in stems for gt in ("", "_gt")] + [f"training/{pid}/Info.cfg"]
+    if name == "prostate":
+        return [f"imagesTr/prostate_{index:02d}.nii.gz", f"labelsTr/prostate_{index:02d}.nii.gz"]
+    return [f"mr_train_{1001 + index}_image.nii.gz", f"mr_train_{1001 + index}_label.nii.gz"]
 
 
 def _check_int(what: str, value: object, low: int, high: int | None) -> int:
@@ -163,39 +132,24 @@ def _check_int(what: str, value: object, low: int, high: int | None) -> int:
     return int(value)
 
 
-def _read_marker(path: Path) -> dict[str, object]:
-    """Parse a marker file into ``{"dataset": ..., "files": [...]}`` (empty dict if not ours)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return {}
-    if not lines or not lines[0].startswith("SYNTHETIC PHANTOM DATA"):
-        return {}
-    info: dict[str, object] = {"files": []}
-    for line in lines[1:]:
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key == "file":
-            info["files"].append(value)  # type: ignore[union-attr]
-        elif key == "dataset":
-            info["dataset"] = value
-    return info
-
-
 def _prepare_out_dir(out: Path, dataset: str, overwrite: bool) -> list[str]:
-    """Check that ``out`` may be written; return the files a previous phantom of it listed."""
+    """Check that ``out`` may be written; return the files a previous phantom of ``dataset`` there listed."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return []
-    marker = _read_marker(out / MARKER_NAME)
-    if marker.get("dataset") == dataset:
-        return list(marker["files"])  # type: ignore[arg-type]
+    try:
+        lines = (out / MARKER_NAME).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    ours = bool(lines) and lines[0].startswith("SYNTHETIC PHANTOM DATA")
+    entries = [[part.strip() for part in line.split(":", 1)] for line in lines[1:] if ours and ":" in line]
+    found = next((value for key, value in entries if key == "dataset"), None)
+    if found == dataset:
+        return [value for key, value in entries if key == "file"]
     if overwrite:
         return []
-    what = f"a phantom of {marker['dataset']!r}" if "dataset" in marker else "not a phantom"
+    what = "not a phantom" if found is None else f"a phantom of {found!r}"
     raise FileExistsError(
         f"out_dir {str(out)!r} is not empty and is {what}; expected an empty folder or a "
         f"{dataset!r} phantom (pass overwrite=True to write into it anyway)"
@@ -206,9 +160,8 @@ def _write_marker(out: Path, settings: dict[str, object], files: Sequence[str]) 
     lines = [
         "SYNTHETIC PHANTOM DATA - no patient data.",
         "",
-        "Generated by plc_monai (plc_monai.data.phantom.write_phantom_dataset) in the raw layout of",
-        "the named dataset, so that the real readers can be tested and demonstrated without the",
-        "registration-only data. Anatomy, intensities, noise and bias fields are simulated.",
+        "Generated by plc_monai.data.phantom.write_phantom_dataset in the raw layout of the named dataset;",
+        "anatomy, intensities, noise and bias fields are simulated.",
         "",
         *(f"{key}: {value}" for key, value in settings.items()),
         "",
@@ -225,33 +178,25 @@ def _remove_stale(out: Path, rel_path: str) -> None:
     if root not in path.parents or not path.is_file():
         return
     path.unlink()
-    parent = path.parent
-    if parent != root and not any(parent.iterdir()):
-        parent.rmdir()
+    if path.parent != root and not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
-def _nifti_bytes(image: nib.Nifti1Image) -> bytes:
-    """Gzipped NIfTI-1 bytes with a zero gzip time stamp (same arrays -> same file bytes)."""
-    return gzip.compress(image.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
-
-
-def _msd_dataset_json(records: list[dict], settings: dict[str, object]) -> bytes:
+def _msd_dataset_json(num_subjects: int, seed: int) -> bytes:
+    pairs = [_subject_files("prostate", index, seed) for index in range(num_subjects)]
     content = {
         "name": "Prostate",
-        "description": (
-            "SYNTHETIC phantom of the Medical Segmentation Decathlon Task05 prostate layout "
-            f"(peripheral and transition zone), generated by plc_monai with seed {settings['seed']}; "
-            "no patient data"
-        ),
+        "description": "SYNTHETIC phantom of the Medical Segmentation Decathlon Task05 prostate layout (peripheral "
+        f"and transition zone), generated by plc_monai with seed {seed}; no patient data",
         "reference": "synthetic, plc_monai.data.phantom",
         "licence": "synthetic data generated by plc_monai (Apache-2.0)",
         "release": "synthetic phantom",
         "tensorImageSize": "4D",
         "modality": {"0": "T2", "1": "ADC"},
         "labels": {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": len(records),
+        "numTraining": num_subjects,
         "numTest": 0,
-        "training": [{"image": r["image"], "label": r["label"]} for r in records],
+        "training": [{"image": f"./{image}", "label": f"./{label}"} for image, label in pairs],
         "test": [],
     }
     return (json.dumps(content, indent=4) + "\n").encode("utf-8")
