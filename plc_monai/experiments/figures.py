@@ -6,7 +6,6 @@ run's bundle configs read them (the t-SNE colours come from the labels the unlab
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plc_monai.atomic_files import atomic_write_bytes
+from plc_monai.atomic_files import atomic_write
 from plc_monai.experiments.runs import RunSpec, bundle_parser
 
 __all__ = [
@@ -37,20 +36,13 @@ def _pyplot() -> Any:
 
 def _save_png(fig: Any, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` as PNG (atomically), then close it."""
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_run_network(run: RunSpec, ckpt_file: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
-    """The run's ``network_def`` with the weights of ``ckpt_file`` (default ``models/model.pt``), in eval mode.
-
-    Raises:
-        FileNotFoundError: when the checkpoint does not exist.
-    """
+    """The run's ``network_def`` with the weights of ``ckpt_file`` (default ``models/model.pt``), in eval mode."""
     ckpt = Path(ckpt_file) if ckpt_file is not None else run.ckpt_dir / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"model file {ckpt} of run {run.name} does not exist; train the run first.")
@@ -172,9 +164,6 @@ def tsne_figure(
         per_class: pixels per structure.
         seed: seed of the pixel sample and of t-SNE.
 
-    Returns:
-        The PNG path.
-
     Raises:
         ValueError: when ``runs`` is empty or the volumes hold no foreground pixel.
     """
@@ -199,9 +188,7 @@ def tsne_figure(
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=5, alpha=0.7, color=_CLASS_COLOURS[k % len(_CLASS_COLOURS)],
                            label=class_names[k])
-        ax.set_title(f"{title} ({run.combo})")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(title=f"{title} ({run.combo})", xticks=[], yticks=[])
     axes[0][-1].legend(loc="best", markerscale=3, fontsize=8)
     fig.suptitle("t-SNE of pixel features of the common network (unlabeled images, coloured by ground truth)")
     return _save_png(fig, out_png)
@@ -216,9 +203,6 @@ def round_curve_figure(
         curves: ``{method label: {combo: {round: Dice}}}``; round 0 is the warm-up model.
         out_png: the PNG to write.
         title: figure title.
-
-    Returns:
-        The PNG path.
 
     Raises:
         ValueError: when ``curves`` holds no value.
@@ -235,8 +219,7 @@ def round_curve_figure(
             ax.plot(xs, [values[r] for r in xs], color=colour, alpha=0.3, linewidth=1)
         means = [float(np.mean([v[r] for v in per_combo.values() if r in v])) for r in rounds]
         ax.plot(rounds, means, color=colour, marker="o", linewidth=2, label=f"{method} (mean of {len(per_combo)})")
-    ax.set_xlabel("pseudo-labeling round (0: warm-up model)")
-    ax.set_ylabel("test mean foreground Dice")
+    ax.set(xlabel="pseudo-labeling round (0: warm-up model)", ylabel="test mean foreground Dice")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -256,22 +239,15 @@ def example_slices_figure(
         num_examples: rows of the figure.
         max_volumes: test volumes to choose slices from.
 
-    Returns:
-        The PNG path.
-
     Raises:
         ValueError: when ``runs`` is empty or there is no labeled test volume.
     """
     _, class_names, images, labels, items = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
-    volume = torch.cat([torch.full((torch.as_tensor(it["image"]).shape[-1],), v) for v, it in enumerate(items)])
-    area = (labels > 0).flatten(1).sum(1).double()
-    # rank of each slice within its volume by foreground area (0: the volume's largest), then order the
-    # slices by (rank, -area): the best slice of every volume first, the largest of those first
-    by_volume = torch.argsort(volume.double() * (2 * area.max() + 2) - area, stable=True)
-    sorted_volume = volume[by_volume]
-    rank = torch.empty_like(volume)
-    rank[by_volume] = torch.arange(volume.numel()) - torch.searchsorted(sorted_volume, sorted_volume, side="left")
-    chosen = torch.argsort(rank.double() * (2 * area.max() + 2) - area, stable=True)[:num_examples]
+    area = (labels > 0).flatten(1).sum(1).tolist()
+    ranked = []  # (rank of the slice's foreground area in its volume, -area, slice): each volume's best slice first
+    for slices in torch.arange(len(area)).split([torch.as_tensor(it["image"]).shape[-1] for it in items]):
+        ranked += [(r, -area[s], s) for r, s in enumerate(sorted(slices.tolist(), key=lambda s: -area[s]))]
+    chosen = torch.tensor([s for *_, s in sorted(ranked)[:num_examples]], dtype=torch.long)
     predictions = {}
     for title, run in runs.items():
         network = load_run_network(run)
@@ -291,8 +267,7 @@ def example_slices_figure(
                 m = mask.numpy().T
                 ax.imshow(np.ma.masked_where(m == 0, m), cmap=cmap, vmin=0, vmax=len(class_names) - 1,
                           alpha=0.5, origin="lower", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if row == 0:
                 ax.set_title(title, fontsize=9)
     fig.suptitle("test slices: " + ", ".join(f"{class_names[k]}" for k in range(1, len(class_names))), fontsize=9)

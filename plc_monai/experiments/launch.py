@@ -98,8 +98,7 @@ class LaunchOptions:
                               ("status_interval", 0.001), ("poll_seconds", 0.001)):
             _at_least(name, getattr(self, name), minimum)
         self.devices = tuple(str(d).strip() for d in self.devices)
-        bad = [d for d in self.devices if not d or "," in d]
-        if bad:
+        if any(not d or "," in d for d in self.devices):
             raise ValueError(f"devices must be GPU ids such as ('0', '1'), got {list(self.devices)!r}.")
         if self.executor != "local" and (self.parallel != 1 or self.devices):
             raise ValueError(
@@ -316,10 +315,7 @@ def run_slots(
         while pending or running:
             while pending and len(running) < parallel:
                 task = pending.popleft()
-                device = None
-                if devices:
-                    load = {d: sum(s.device == d for s in running.values()) for d in devices}
-                    device = min(devices, key=lambda d: load[d])
+                device = min(devices, key=lambda d: sum(s.device == d for s in running.values())) if devices else None
                 env = dict(base_env) if device is None else {**base_env, "CUDA_VISIBLE_DEVICES": device}
                 task.log_file.parent.mkdir(parents=True, exist_ok=True)
                 log = open(task.log_file, "ab")
