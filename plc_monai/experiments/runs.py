@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -282,14 +282,7 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The run as JSON-ready values; :meth:`from_dict` reads it back."""
-        return {
-            "method": self.method,
-            "combo": self.combo,
-            "run_dir": str(self.run_dir),
-            "config_files": [str(f) for f in self.config_files],
-            "settings": dict(self.settings),
-            "dropped": dict(self.dropped),
-        }
+        return {**asdict(self), "run_dir": str(self.run_dir), "config_files": [str(f) for f in self.config_files]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -356,10 +349,8 @@ def plan_runs(spec: ExperimentSpec) -> list[RunSpec]:
 def _cli_value(value: Any) -> str:
     """A bundle id's value as ``python -m monai.bundle run`` (fire: Python literals) reads it back; containers,
     bools and ``None`` as ``repr`` (JSON's ``false`` would be the truthy string ``"false"``)."""
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, (list, dict, bool)) or value is None:
-        return repr(value)
+    if isinstance(value, (list, tuple, dict, bool)) or value is None:
+        return repr(list(value) if isinstance(value, tuple) else value)
     return str(value)
 
 
