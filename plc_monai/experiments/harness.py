@@ -230,7 +230,8 @@ def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]], out: Path, refresh: bool) -> list[str]:
-    """Write the figures of the first combo that the finished runs allow; existing PNGs are kept unless ``refresh``."""
+    """Write the figures of the first combo that the finished runs allow (the proposed method: ``plc_inter``, else
+    ``plc_intra``); existing PNGs are kept unless ``refresh``."""
     by_key = {(r.method, r.combo): r for r in runs}
     combo = runs[0].combo
     proposed = next((m for m in _PROPOSED if any(r.method == m for r in runs)), None)
@@ -433,11 +434,9 @@ def experiment(
         python -m plc_monai experiment --bundle bundles/acdc --setting tr1 --combos c1,c2,c3 \\
             --methods baseline,self_training,plc_inter,plc_intra --dataset_dir /data/ACDC/training --output_dir OUT
 
-    What to compute: the arguments of :class:`~plc_monai.experiments.runs.ExperimentSpec` (``--combos``,
-    ``--methods`` comma-separated; ``--split`` ``paper``, ``random``, a folder of ``<setting>_<combo>.json`` or
-    one split file); any further ``--<id> <value>`` overrides a bundle id in every run whose method file does
-    not set it. How to run it: those of :class:`~plc_monai.experiments.launch.LaunchOptions` (``--parallel K``
-    local slots, ``--threads``, ``--devices 0,1``, ``--executor slurm|submitit_local`` with the Slurm options).
+    The arguments are those of :class:`~plc_monai.experiments.runs.ExperimentSpec` (what to compute; ``--combos``
+    and ``--methods`` comma-separated) and :class:`~plc_monai.experiments.launch.LaunchOptions` (how to run it);
+    any further ``--<id> <value>`` overrides a bundle id in every run whose method file does not set it.
     ``--collect`` writes the tables of ``--output_dir`` from its finished runs and runs nothing.
 
     Re-running the same command skips finished runs and resumes interrupted ones. Exits with status
