@@ -1,32 +1,24 @@
 """Figures of an experiment: t-SNE of pixel features (Fig. 3), Dice per pseudo-labeling round (Fig. 4), example slices.
 
-Every figure is a PNG written atomically with matplotlib's Agg backend. Models and volumes are read
-the way the bundle reads them: the run's config files and settings give the network definition and
-the preprocessing, the run's ``split.json`` gives the volume ids, and the dataset reader gives the
-files (unlabeled volumes of the phantom and of the real datasets still have labels on disk, which
-the t-SNE plot uses for colouring only).
+PNGs written atomically with matplotlib's Agg backend; networks, preprocessing and volumes are read the way the
+run's bundle configs read them (the t-SNE colours come from the labels the unlabeled volumes have on disk).
 """
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from plc_monai.atomic_files import atomic_write_bytes
+from plc_monai.atomic_files import atomic_write
 from plc_monai.experiments.runs import RunSpec, bundle_parser
 
 __all__ = [
-    "load_run_network",
-    "load_run_volumes",
-    "sample_pixels_per_class",
-    "tsne_figure",
-    "round_curve_figure",
+    "load_run_network", "load_run_volumes", "sample_pixels_per_class", "tsne_figure", "round_curve_figure",
     "example_slices_figure",
 ]
 
@@ -43,26 +35,14 @@ def _pyplot() -> Any:
 
 
 def _save_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` as PNG via a temporary file in the same folder, then close it."""
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    """Write ``fig`` to ``path`` as PNG (atomically), then close it."""
+    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_run_network(run: RunSpec, ckpt_file: str | os.PathLike | None = None, device: str = "cpu") -> torch.nn.Module:
-    """The run's network (``network_def`` of its configs) with the weights of ``ckpt_file``, in eval mode.
-
-    Args:
-        run: the run.
-        ckpt_file: a ``state_dict`` file; the run's ``models/model.pt`` by default.
-        device: where to put the network.
-
-    Raises:
-        FileNotFoundError: when the checkpoint does not exist.
-    """
+    """The run's ``network_def`` with the weights of ``ckpt_file`` (default ``models/model.pt``), in eval mode."""
     ckpt = Path(ckpt_file) if ckpt_file is not None else run.ckpt_dir / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"model file {ckpt} of run {run.name} does not exist; train the run first.")
@@ -120,10 +100,7 @@ def _slices(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Ten
 def sample_pixels_per_class(
     labels: torch.Tensor, classes: Sequence[int], per_class: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Flat indices of up to ``per_class`` random pixels of each class in ``classes``, without loops.
-
-    Each pixel of a wanted class gets a random key; pixels are sorted by (class, key) and the first
-    ``per_class`` of each class are kept.
+    """Flat indices of up to ``per_class`` random pixels of each class in ``classes``.
 
     Args:
         labels: integer label maps of any shape (flattened in C order).
@@ -139,33 +116,34 @@ def sample_pixels_per_class(
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}.")
-    flat = labels.reshape(-1).long()
-    wanted = torch.as_tensor(list(classes), dtype=torch.long)
-    rank_of_class = torch.full((int(max(int(flat.max()), int(wanted.max()) if len(wanted) else 0)) + 1,), -1,
-                               dtype=torch.long)
-    rank_of_class[wanted] = torch.arange(len(wanted))
-    group = rank_of_class[flat]
-    candidates = torch.nonzero(group >= 0).flatten()
-    if candidates.numel() == 0:
-        return candidates
-    keys = torch.rand(candidates.numel(), generator=generator)
-    order = torch.argsort(group[candidates].double() + keys.double() * 0.5)  # class first, random within
-    sorted_idx = candidates[order]
-    sorted_group = group[sorted_idx]
-    first = torch.searchsorted(sorted_group, sorted_group, side="left")
-    position = torch.arange(sorted_group.numel()) - first
-    return sorted_idx[position < per_class]
+    flat = labels.reshape(-1)
+    picked = [torch.empty(0, dtype=torch.long)]
+    for k in classes:
+        pixels = torch.nonzero(flat == k).flatten()
+        picked.append(pixels[torch.randperm(pixels.numel(), generator=generator)[:per_class]])
+    return torch.cat(picked)
 
 
 @torch.no_grad()
-def _features(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """Backbone features ``[N, F, H, W]`` (the common network ``c_theta``'s output)."""
-    return torch.cat([network.backbone(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """``fn`` applied to ``images`` ``[N, 1, H, W]`` in batches, concatenated along the first dimension."""
+    return torch.cat([fn(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
 
 
-@torch.no_grad()
-def _predict(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    return torch.cat([network(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int, figure: str) -> tuple[Any, ...]:
+    """``(first run, class names, images [N, 1, H, W], labels [N, H, W], items)`` of the first run's volumes.
+
+    Raises:
+        ValueError: when ``runs`` is empty or no volume of ``subset`` has a label file.
+    """
+    if not runs:
+        raise ValueError(f"{figure} needs at least one run.")
+    first = next(iter(runs.values()))
+    items, class_names = load_run_volumes(first, subset, max_volumes)
+    if not items:
+        what = "unlabeled or test" if subset == "unlabeled" else "test"
+        raise ValueError(f"run {first.name}: no {what} volume with a label file.")
+    return (first, class_names, *_slices(items), items)
 
 
 def tsne_figure(
@@ -175,11 +153,9 @@ def tsne_figure(
     per_class: int = 200,
     seed: int = 0,
 ) -> Path:
-    """Fig. 3: t-SNE of backbone pixel features of unlabeled images, one panel per method.
+    """Fig. 3: t-SNE of backbone pixel features of unlabeled images, one panel per method, coloured by structure.
 
-    The same pixels (``per_class`` per foreground structure, from the first ``num_volumes`` unlabeled
-    volumes of the first run's split) are embedded for each method's final model, coloured by their
-    ground-truth structure.
+    The same pixels (from the first run's unlabeled volumes) are embedded for each run's final model.
 
     Args:
         runs: ``{panel title: run}``, e.g. ``{"self-training": ..., "proposed (inter)": ...}``.
@@ -188,21 +164,12 @@ def tsne_figure(
         per_class: pixels per structure.
         seed: seed of the pixel sample and of t-SNE.
 
-    Returns:
-        The PNG path.
-
     Raises:
         ValueError: when ``runs`` is empty or the volumes hold no foreground pixel.
     """
     from sklearn.manifold import TSNE
 
-    if not runs:
-        raise ValueError("tsne_figure needs at least one run.")
-    first = next(iter(runs.values()))
-    items, class_names = load_run_volumes(first, "unlabeled", num_volumes)
-    if not items:
-        raise ValueError(f"run {first.name}: no unlabeled or test volume with a label file to plot.")
-    images, labels = _slices(items)
+    first, class_names, images, labels, _ = _first_run_slices(runs, "unlabeled", num_volumes, "tsne_figure")
     classes = list(range(1, len(class_names)))
     generator = torch.Generator().manual_seed(seed)
     idx = sample_pixels_per_class(labels, classes, per_class, generator)
@@ -212,8 +179,7 @@ def tsne_figure(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     for ax, (title, run) in zip(axes[0], runs.items()):
-        network = load_run_network(run)
-        feats = _features(network, images)  # [N, F, H, W]
+        feats = _batched(load_run_network(run).backbone, images)  # [N, F, H, W]: the common network c_theta
         points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[idx].numpy()
         perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3.0)))
         xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
@@ -222,9 +188,7 @@ def tsne_figure(
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=5, alpha=0.7, color=_CLASS_COLOURS[k % len(_CLASS_COLOURS)],
                            label=class_names[k])
-        ax.set_title(f"{title} ({run.combo})")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(title=f"{title} ({run.combo})", xticks=[], yticks=[])
     axes[0][-1].legend(loc="best", markerscale=3, fontsize=8)
     fig.suptitle("t-SNE of pixel features of the common network (unlabeled images, coloured by ground truth)")
     return _save_png(fig, out_png)
@@ -239,9 +203,6 @@ def round_curve_figure(
         curves: ``{method label: {combo: {round: Dice}}}``; round 0 is the warm-up model.
         out_png: the PNG to write.
         title: figure title.
-
-    Returns:
-        The PNG path.
 
     Raises:
         ValueError: when ``curves`` holds no value.
@@ -258,8 +219,7 @@ def round_curve_figure(
             ax.plot(xs, [values[r] for r in xs], color=colour, alpha=0.3, linewidth=1)
         means = [float(np.mean([v[r] for v in per_combo.values() if r in v])) for r in rounds]
         ax.plot(rounds, means, color=colour, marker="o", linewidth=2, label=f"{method} (mean of {len(per_combo)})")
-    ax.set_xlabel("pseudo-labeling round (0: warm-up model)")
-    ax.set_ylabel("test mean foreground Dice")
+    ax.set(xlabel="pseudo-labeling round (0: warm-up model)", ylabel="test mean foreground Dice")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -271,10 +231,7 @@ def round_curve_figure(
 def example_slices_figure(
     runs: Mapping[str, RunSpec], out_png: str | os.PathLike, num_examples: int = 3, max_volumes: int = 3
 ) -> Path:
-    """Example test slices: image, ground truth and each run's prediction (on the preprocessed grid).
-
-    The slices with the largest foreground area among the first ``max_volumes`` test volumes, one
-    per volume while volumes last.
+    """Example test slices (largest foreground, one per volume first): image, ground truth, each run's prediction.
 
     Args:
         runs: ``{column title: run}``, e.g. ``{"baseline": ..., "proposed (inter)": ...}``.
@@ -282,29 +239,19 @@ def example_slices_figure(
         num_examples: rows of the figure.
         max_volumes: test volumes to choose slices from.
 
-    Returns:
-        The PNG path.
-
     Raises:
         ValueError: when ``runs`` is empty or there is no labeled test volume.
     """
-    if not runs:
-        raise ValueError("example_slices_figure needs at least one run.")
-    first = next(iter(runs.values()))
-    items, class_names = load_run_volumes(first, "test", max_volumes)
-    if not items:
-        raise ValueError(f"run {first.name}: no test volume with a label file.")
-    images, labels = _slices(items)
-    volume = torch.cat([torch.full((torch.as_tensor(it["image"]).shape[-1],), v) for v, it in enumerate(items)])
-    area = (labels > 0).flatten(1).sum(1).double()
-    # rank of each slice within its volume by foreground area (0: the volume's largest), then order the
-    # slices by (rank, -area): the best slice of every volume first, the largest of those first
-    by_volume = torch.argsort(volume.double() * (2 * area.max() + 2) - area, stable=True)
-    sorted_volume = volume[by_volume]
-    rank = torch.empty_like(volume)
-    rank[by_volume] = torch.arange(volume.numel()) - torch.searchsorted(sorted_volume, sorted_volume, side="left")
-    chosen = torch.argsort(rank.double() * (2 * area.max() + 2) - area, stable=True)[:num_examples]
-    predictions = {title: _predict(load_run_network(run), images[chosen]) for title, run in runs.items()}
+    _, class_names, images, labels, items = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
+    area = (labels > 0).flatten(1).sum(1).tolist()
+    ranked = []  # (rank of the slice's foreground area in its volume, -area, slice): each volume's best slice first
+    for slices in torch.arange(len(area)).split([torch.as_tensor(it["image"]).shape[-1] for it in items]):
+        ranked += [(r, -area[s], s) for r, s in enumerate(sorted(slices.tolist(), key=lambda s: -area[s]))]
+    chosen = torch.tensor([s for *_, s in sorted(ranked)[:num_examples]], dtype=torch.long)
+    predictions = {}
+    for title, run in runs.items():
+        network = load_run_network(run)
+        predictions[title] = _batched(lambda x: network(x).argmax(1), images[chosen])
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 
@@ -320,8 +267,7 @@ def example_slices_figure(
                 m = mask.numpy().T
                 ax.imshow(np.ma.masked_where(m == 0, m), cmap=cmap, vmin=0, vmax=len(class_names) - 1,
                           alpha=0.5, origin="lower", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if row == 0:
                 ax.set_title(title, fontsize=9)
     fig.suptitle("test slices: " + ", ".join(f"{class_names[k]}" for k in range(1, len(class_names))), fontsize=9)

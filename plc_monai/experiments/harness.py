@@ -1,19 +1,9 @@
 """Run the paper's comparisons through the bundles and write Table-I-style results and figures.
 
-:func:`run_experiment` takes an :class:`~plc_monai.experiments.runs.ExperimentSpec` (what to compute)
-and :class:`~plc_monai.experiments.launch.LaunchOptions` (how: local slots, threads, GPUs, Slurm),
-executes every (method, combo) run that is not finished yet, each in a process of its own
-(:mod:`.worker`: the real bundle training command, then ``evaluate.json`` on the final model and on
-the models saved at the end of each pseudo-labeling round), and when all have ended writes
-``results.md``, ``results.csv``, ``runs.csv``, ``results.json`` and the figures to the experiment
-folder. :func:`collect_experiment` writes the same files from the run folders alone (after a Slurm
-job array). :func:`experiment` is the command-line form (``python -m plc_monai experiment ...``).
-
-Resuming: a run whose ``eval/summary.json`` (and round evaluations) exist is skipped; a run whose
-training finished (``train_done.json``) is only evaluated; a run whose training was interrupted is
-started again with the same command, and the bundle's ``ResumeCheckpoint`` continues it from its
-last ``checkpoint.pt``. A run that fails does not stop the others: the tables hold the finished
-runs, name the failed ones, and :class:`UnfinishedRunsError` is raised after they are written.
+:func:`run_experiment` executes every unfinished (method, combo) run, each in a process of its own
+(:mod:`.worker`), then writes ``results.md``, ``results.csv``, ``runs.csv``, ``results.json`` and the figures;
+:func:`collect_experiment` writes them from the run folders alone; :func:`experiment` is the command line.
+Finished runs are skipped and interrupted ones resume (docs/experiments.md, "Resuming").
 """
 
 from __future__ import annotations
@@ -24,7 +14,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +28,8 @@ from plc_monai.experiments.worker import evaluate_checkpoint
 from plc_monai.reports import csv_text, format_duration, format_mean_std, markdown_table, mean_std, write_json
 
 __all__ = [
-    "run_experiment",
-    "collect_experiment",
-    "experiment",
-    "aggregate",
-    "format_markdown",
-    "evaluate_checkpoint",
-    "UnfinishedRunsError",
-    "DEFAULT_METHODS",
-    "EXPERIMENT_FILE",
+    "run_experiment", "collect_experiment", "experiment", "aggregate", "format_markdown", "evaluate_checkpoint",
+    "UnfinishedRunsError", "DEFAULT_METHODS", "EXPERIMENT_FILE",
 ]
 
 DEFAULT_METHODS = ("baseline", "self_training", "plc_inter", "plc_intra")
@@ -56,11 +40,11 @@ EXPERIMENT_FILE = "experiment.json"
 
 
 class UnfinishedRunsError(RuntimeError):
-    """Some runs of an experiment failed or have not finished; the tables were written without them.
+    """Some runs failed or have not finished; the tables were written without them.
 
     Attributes:
         runs: ``{name: RunOutcome}`` of the runs missing from the tables.
-        result: what :func:`run_experiment` would have returned (the tables of the finished runs).
+        result: what :func:`run_experiment` would have returned.
     """
 
     def __init__(self, runs: Mapping[str, RunOutcome], total: int, result: Mapping[str, Any]) -> None:
@@ -75,11 +59,8 @@ class UnfinishedRunsError(RuntimeError):
 def _run_record(run: RunSpec) -> dict[str, Any]:
     """What a finished run contributes to the tables."""
     summary = json.loads(run.summary_file.read_text())
-    rounds = {}
-    for k in run.round_files():
-        path = run.round_eval_dir(k) / "summary.json"
-        if path.is_file():
-            rounds[k] = json.loads(path.read_text())["mean_foreground_dice"]["mean"]
+    rounds = {k: json.loads(path.read_text())["mean_foreground_dice"]["mean"] for k in run.round_files()
+              if (path := run.round_eval_dir(k) / "summary.json").is_file()}
     marker = json.loads(run.train_marker.read_text()) if run.train_marker.is_file() else {}
     return {
         **_model_origin(run.ckpt_dir / "best_models.json"),
@@ -95,10 +76,8 @@ def _run_record(run: RunSpec) -> dict[str, Any]:
 
 
 def _model_origin(path: Path) -> dict[str, Any]:
-    """Where the run's ``model.pt`` came from, read from ``best_models.json`` (written by
-    :class:`plc_monai.checkpointing.BestModelPerPhase`): its phase, iteration and validation Dice, and
-    the best validation Dice of the warm-up and of each pseudo-label round. Empty values when the file
-    is absent (a run from before the file existed)."""
+    """Phase, iteration and validation Dice of the run's ``model.pt`` and the best validation Dice per phase,
+    from :class:`~plc_monai.checkpointing.BestModelPerPhase`'s ``best_models.json`` (empty values without it)."""
     if not path.is_file():
         return {"model_phase": None, "model_iteration": None, "model_val_dice": None, "val_best": {}}
     data = json.loads(path.read_text())
@@ -111,8 +90,7 @@ def _model_origin(path: Path) -> dict[str, Any]:
 
 
 def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines: per run, the phase ``model.pt`` (the reported model) came from and the best
-    validation Dice of each phase, so a reader sees whether the joint phase beat the warm-up."""
+    """Markdown lines: per run, the phase ``model.pt`` came from and the best validation Dice of each phase."""
     known = [r for r in results if r.get("model_phase")]
     if not known:
         return []
@@ -134,17 +112,11 @@ def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
                              *(f"best val {k}" for k in columns), "test Dice"), table)]
 
 
-# ---------------------------------------------------------------------------------------------
-# tables
-# ---------------------------------------------------------------------------------------------
-
-
 def aggregate(
     results: Sequence[Mapping[str, Any]], methods: Sequence[str], dataset: str, setting: str
 ) -> list[dict[str, Any]]:
-    """One row per method: mean ± std over its runs (combos) of the test mean foreground Dice and of
-    each structure's Dice, HD95 and ASD (each run contributes its mean over test volumes), the paper's
-    value and the per-round Dice.
+    """One row per method: mean ± std over its runs of the test Dice, of each structure's Dice, HD95 and ASD,
+    and of the Dice per round, with the paper's value.
 
     Args:
         results: the runs' records (:func:`run_experiment` collects them).
@@ -164,18 +136,13 @@ def aggregate(
             continue
         mean, std, n = mean_std([r["mean_foreground_dice"] for r in runs])
         structures: dict[str, dict[str, Any]] = {}
-        names = [s["structure"] for s in runs[0]["summary"]["structures"]]
-        for i, name in enumerate(names):
-            entry: dict[str, Any] = {}
+        for i, structure in enumerate(runs[0]["summary"]["structures"]):
+            entry = structures[structure["structure"]] = {}
             for key, field in (("dice", "dice_mean"), ("hd95", "hd95_mm_mean"), ("asd", "asd_mm_mean")):
-                m, s, k = mean_std([r["summary"]["structures"][i][field] for r in runs])
-                entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_n"] = m, s, k
-            structures[name] = entry
-        round_ids = sorted({k for r in runs for k in r["round_dice"]})
-        rounds = {}
-        for k in round_ids:
-            m, s, c = mean_std([r["round_dice"].get(k) for r in runs])
-            rounds[k] = {"mean": m, "std": s, "n": c}
+                stats = mean_std([r["summary"]["structures"][i][field] for r in runs])
+                entry.update(zip((f"{key}_mean", f"{key}_std", f"{key}_n"), stats))
+        rounds = {k: dict(zip(("mean", "std", "n"), mean_std([r["round_dice"].get(k) for r in runs])))
+                  for k in sorted({k for r in runs for k in r["round_dice"]})}
         value = paper_dice(dataset, setting, method)
         rows.append({
             "method": method,
@@ -195,8 +162,7 @@ def format_markdown(
     rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()
 ) -> str:
     """The results as Markdown: the main table (like the paper's Table I), per-structure tables, rounds,
-    which model each of ``runs`` (the runs' records) reports, the runs missing from the tables, figures,
-    machine and timing."""
+    which model each of ``runs`` (the runs' records) reports, missing runs, figures, machine and timing."""
     dataset, setting = meta["dataset"], meta["setting"]
     lines = [
         f"# Results: {dataset}, setting {setting}, split {meta['split']}",
@@ -249,16 +215,10 @@ def format_markdown(
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     names = list(rows[0]["structures"]) if rows else []
+    stats = [f"{k}_{s}" for k in ("dice", "hd95", "asd") for s in ("mean", "std")]
     header = ["method", "label", "n_runs", "dice_mean", "dice_std", "paper_dice", "paper_table"]
-    for n in names:
-        header += [f"{n}_{k}_{s}" for k in ("dice", "hd95", "asd") for s in ("mean", "std")]
-    table = []
-    for r in rows:
-        row = [r["method"], r["label"], r["n_runs"], r["dice_mean"], r["dice_std"], r["paper_dice"], r["paper_table"]]
-        for n in names:
-            row += [r["structures"][n][f"{k}_{s}"] for k in ("dice", "hd95", "asd") for s in ("mean", "std")]
-        table.append(row)
-    return csv_text(header, table)
+    table = [[*(r[k] for k in header), *(r["structures"][n][k] for n in names for k in stats)] for r in rows]
+    return csv_text(header + [f"{n}_{k}" for n in names for k in stats], table)
 
 
 def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
@@ -269,51 +229,32 @@ def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
                      "model_iteration", "model_val_dice", "run_dir"], table)
 
 
-# ---------------------------------------------------------------------------------------------
-# figures
-# ---------------------------------------------------------------------------------------------
-
-
 def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]], out: Path, refresh: bool) -> list[str]:
-    """Write the figures that the finished runs allow; existing PNGs are kept unless ``refresh``."""
-    fig_dir = out / "figures"
-    written: list[str] = []
+    """Write the figures of the first combo that the finished runs allow (the proposed method: ``plc_inter``, else
+    ``plc_intra``); existing PNGs are kept unless ``refresh``."""
     by_key = {(r.method, r.combo): r for r in runs}
-    combos = list(dict.fromkeys(r.combo for r in runs))
+    combo = runs[0].combo
     proposed = next((m for m in _PROPOSED if any(r.method == m for r in runs)), None)
-
-    def want(path: Path) -> bool:
-        return refresh or not path.is_file()
-
     rounds: dict[str, dict[str, dict[int, float]]] = {}
     for r in results:
         if r["round_dice"] and r["method"] in ("self_training", *_PROPOSED):
             rounds.setdefault(METHOD_LABELS.get(r["method"], r["method"]), {})[r["combo"]] = r["round_dice"]
+    draw: dict[str, Callable[[Path], Any]] = {}  # file name -> the function writing it
     if rounds:
-        path = fig_dir / "round_dice.png"
-        if want(path):
-            _figures.round_curve_figure(rounds, path, title="test Dice per pseudo-labeling round")
-        written.append(str(path.relative_to(out)))
-    combo = combos[0]
-    if proposed and {("self_training", combo), (proposed, combo)} <= by_key.keys():
-        path = fig_dir / f"tsne_{combo}.png"
-        if want(path):
-            _figures.tsne_figure({"self-training": by_key[("self_training", combo)],
-                                  f"proposed ({proposed})": by_key[(proposed, combo)]}, path)
-        written.append(str(path.relative_to(out)))
+        draw["round_dice.png"] = partial(_figures.round_curve_figure, rounds,
+                                         title="test Dice per pseudo-labeling round")
+    ours = {f"proposed ({proposed})": by_key.get((proposed, combo))}
+    if proposed and ("self_training", combo) in by_key and (proposed, combo) in by_key:
+        draw[f"tsne_{combo}.png"] = partial(_figures.tsne_figure,
+                                            {"self-training": by_key[("self_training", combo)], **ours})
     reference = next((m for m in ("baseline", "self_training") if (m, combo) in by_key), None)
     if proposed and reference and (proposed, combo) in by_key:
-        path = fig_dir / f"examples_{combo}.png"
-        if want(path):
-            _figures.example_slices_figure({reference.replace("_", "-"): by_key[(reference, combo)],
-                                            f"proposed ({proposed})": by_key[(proposed, combo)]}, path)
-        written.append(str(path.relative_to(out)))
-    return written
-
-
-# ---------------------------------------------------------------------------------------------
-# the experiment
-# ---------------------------------------------------------------------------------------------
+        draw[f"examples_{combo}.png"] = partial(_figures.example_slices_figure,
+                                                {reference.replace("_", "-"): by_key[(reference, combo)], **ours})
+    for name, write in draw.items():
+        if refresh or not (out / "figures" / name).is_file():
+            write(out / "figures" / name)
+    return [f"figures/{name}" for name in draw]
 
 
 def _machine() -> str:
@@ -332,11 +273,7 @@ def _write_results(
     threads_per_run: int | None,
     collected: bool,
 ) -> dict[str, Any]:
-    """Tabulate the finished runs, write the result files, print the Markdown; raise if some runs are missing.
-
-    Raises:
-        UnfinishedRunsError: after writing, when a run failed or has not finished.
-    """
+    """Tabulate the finished runs, write and print the results; :class:`UnfinishedRunsError` if runs are missing."""
     out = spec.output_dir
     finished = [r for r in runs if r.is_finished()]
     missing = {r.name: outcomes.get(r.name) or RunOutcome(r.name, "unfinished", log_file=r.log_dir / "worker.log")
@@ -376,32 +313,18 @@ def _write_results(
 
 
 def run_experiment(spec: ExperimentSpec, launch: LaunchOptions | None = None) -> dict[str, Any]:
-    """Execute every run of ``spec`` that is not finished yet, then write the results table and figures.
+    """Execute every run of ``spec`` that is not finished yet, then write the results tables and figures.
 
-    Runs are planned by :func:`plc_monai.experiments.runs.plan_runs` (folders
-    ``<output_dir>/runs/<method>/<combo>``, shared cache). Each unfinished run is executed in a
-    process of its own by :func:`plc_monai.experiments.worker.execute_run` (``python -m monai.bundle
-    run training`` with the method file merged after ``train.json``, resuming an interrupted training
-    from its checkpoint; then ``evaluate.json`` on ``models/model.pt`` and on the round models),
-    ``launch.parallel`` at once in local slots or as a Slurm job array (``launch.executor``). Progress
-    lines give the runs done / running / failed, the elapsed time and an ETA. The spec and options
-    are saved to ``<output_dir>/experiment.json`` first (what :func:`collect_experiment` reads).
-
-    When all runs have ended, written to ``output_dir``: ``results.md``, ``results.csv`` (one row
-    per method), ``runs.csv`` (one row per run), ``results.json`` (everything, with the per-run
-    summaries), and ``figures/`` for the first combo, when the runs they need are finished:
-    ``round_dice.png`` (self-training and proposed runs), ``tsne_<combo>.png`` (self-training and
-    proposed), ``examples_<combo>.png`` (baseline, or else self-training, and proposed). The proposed
-    method is ``plc_inter`` if it ran, else ``plc_intra``. Figures are redrawn when a run was executed.
+    Each run is executed by :func:`~plc_monai.experiments.worker.execute_run` in a process of its own; the spec
+    and options are saved to ``<output_dir>/experiment.json`` first. The files written: docs/experiments.md.
 
     Args:
         spec: the experiment.
         launch: how to execute the runs (default: one at a time, locally).
 
     Returns:
-        ``{"meta": ..., "rows": aggregate rows, "runs": per-run records, "files": written paths}``;
-        after a Slurm submission without waiting (``launch.wait`` false): ``{"meta": ..., "submitted":
-        [run names]}`` and no tables.
+        ``{"meta", "rows" (:func:`aggregate`), "runs" (per-run records), "files" (written paths)}``; after a Slurm
+        submission without waiting: ``{"meta", "submitted": [run names]}``.
 
     Raises:
         UnfinishedRunsError: after the tables of the finished runs are written, when a run failed.
@@ -441,11 +364,7 @@ def run_experiment(spec: ExperimentSpec, launch: LaunchOptions | None = None) ->
 
 
 def collect_experiment(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """Write the tables and figures of an experiment folder from its finished runs, executing nothing.
-
-    For an experiment whose runs were executed elsewhere (a Slurm job array submitted with
-    ``--wait False``, or a harness that was stopped): the spec is read from
-    ``<output_dir>/experiment.json``.
+    """Write the tables and figures of an experiment folder (its ``experiment.json``) from its finished runs.
 
     Returns:
         As :func:`run_experiment`.
@@ -469,9 +388,8 @@ def _as_list(value: str | Sequence[Any] | int | None) -> list[str]:
     """``"a,b"``, ``("a", "b")`` (how fire passes ``a,b``) or ``3`` -> ``["a", "b"]`` / ``["3"]``; ``None`` -> ``[]``."""
     if value is None:
         return []
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [v.strip() for v in str(value).split(",") if v.strip()]
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def _help_text() -> str:
@@ -515,20 +433,10 @@ def experiment(
         python -m plc_monai experiment --bundle bundles/acdc --setting tr1 --combos c1,c2,c3 \\
             --methods baseline,self_training,plc_inter,plc_intra --dataset_dir /data/ACDC/training --output_dir OUT
 
-    What to compute (:class:`~plc_monai.experiments.runs.ExperimentSpec`): ``--bundle``,
-    ``--setting``, ``--combos`` and ``--methods`` (comma-separated), ``--dataset_dir``,
-    ``--output_dir``, ``--split`` (``paper``, ``random``, a folder of ``<setting>_<combo>.json``
-    split files, or one split file), ``--seed``, ``--device``, ``--cache_dir``, ``--figures``. Any
-    further ``--<id> <value>`` is a bundle override for every run (e.g. ``--lambda_cont 1.0``); ids
-    that a method file sets itself are not overridden for that method.
-
-    How to run it (:class:`~plc_monai.experiments.launch.LaunchOptions`): ``--parallel K`` runs at
-    once on this machine, ``--threads`` CPU threads per run (default with K > 1: the cores split
-    between the runs), ``--devices 0,1`` one GPU per run from the list; ``--executor slurm`` submits
-    a job array through submitit (``--partition``, ``--time_limit_min``, ``--gpus_per_job``,
-    ``--cpus_per_job``, ``--mem_gb``, ``--array_parallelism``; ``--wait False`` returns after
-    submitting); ``--executor submitit_local`` runs those jobs here. ``--collect`` writes the tables
-    of ``--output_dir`` from its finished runs and runs nothing.
+    The arguments are those of :class:`~plc_monai.experiments.runs.ExperimentSpec` (what to compute; ``--combos``
+    and ``--methods`` comma-separated) and :class:`~plc_monai.experiments.launch.LaunchOptions` (how to run it);
+    any further ``--<id> <value>`` overrides a bundle id in every run whose method file does not set it.
+    ``--collect`` writes the tables of ``--output_dir`` from its finished runs and runs nothing.
 
     Re-running the same command skips finished runs and resumes interrupted ones. Exits with status
     1 when a run failed (the tables hold the others).

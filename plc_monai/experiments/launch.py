@@ -1,24 +1,13 @@
 """Run many experiment runs at once: local slots (subprocesses on one machine) or a Slurm job array (submitit).
 
-Every run is executed by :func:`plc_monai.experiments.worker.execute_run` in a process of its own,
-with its own folder, logs, resume point and split file; the launchers differ only in where that
-process lives:
-
-- :func:`run_slots` (``--executor local``, the default): up to ``parallel`` worker processes
-  (``python -m plc_monai.experiments.run_worker <run_dir>/run.json``) at once on this machine, each with
-  ``threads`` CPU threads (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``torch.set_num_threads``) and,
-  with ``devices``, its own GPU (``CUDA_VISIBLE_DEVICES``, the least busy of the list). A run that
-  fails is reported with the last lines of its ``logs/worker.log`` and the others go on.
-- :func:`run_submitit` (``--executor slurm``): one Slurm job array through submitit, each job a
-  :class:`~plc_monai.experiments.worker.RunJob`; ``--executor submitit_local`` runs the same jobs
-  (same pickling, same job path) with submitit's local executor, on this machine, all at once.
-
-:class:`Progress` prints what happens to the table as a whole: runs done / running / failed and an
-ETA from the durations of the runs finished so far.
+Every run is executed by :func:`plc_monai.experiments.worker.execute_run` in a process of its own:
+:func:`run_local` starts up to ``parallel`` worker processes here (:func:`run_slots`), :func:`run_submitit`
+submits one job array. :class:`Progress` prints runs done / running / failed and an ETA for the whole table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,17 +24,8 @@ from plc_monai.experiments.worker import RunJob, thread_env
 from plc_monai.reports import format_duration, write_json
 
 __all__ = [
-    "EXECUTORS",
-    "LaunchOptions",
-    "RunOutcome",
-    "SlotTask",
-    "Progress",
-    "available_cpus",
-    "run_slots",
-    "run_local",
-    "run_submitit",
-    "submitit_parameters",
-    "import_submitit",
+    "EXECUTORS", "LaunchOptions", "RunOutcome", "SlotTask", "Progress", "available_cpus", "run_slots", "run_local",
+    "run_submitit", "submitit_parameters", "import_submitit",
 ]
 
 #: ``local``: subprocess slots on this machine; ``slurm``: a Slurm job array through submitit;
@@ -70,31 +50,28 @@ class LaunchOptions:
     """How the runs of an experiment are executed (what they compute is the :class:`~plc_monai.experiments.runs.ExperimentSpec`).
 
     Args:
-        executor: ``local`` (default: subprocess slots here), ``slurm`` (a job array through
-            submitit; needs ``pip install plc_monai[cluster]``) or ``submitit_local`` (the submitit
-            job path on this machine, for testing without a cluster).
+        executor: ``local`` (subprocess slots here), ``slurm`` (a job array through submitit, from
+            ``pip install plc_monai[cluster]``) or ``submitit_local`` (the submitit job path on this machine).
         parallel: runs at once in local slots (``local`` only; Slurm uses ``array_parallelism``).
-        devices: GPU ids to spread the local slots over (``CUDA_VISIBLE_DEVICES`` per run, each run
-            on the least busy one); empty: every run sees the GPUs the harness sees.
-        threads: CPU threads per run; ``None``: the defaults with one slot, the machine's cores
-            split evenly between the slots with several (at least 1 each), ``cpus_per_job`` on Slurm.
-        partition: Slurm partition (``None``: the cluster's default).
-        time_limit_min: time limit of each job in minutes; a job stopped at it is requeued and
-            resumes from its checkpoint (submitit's default is 5 minutes, hence a value here).
+        devices: GPU ids to spread the local slots over (``CUDA_VISIBLE_DEVICES`` per run, the least busy);
+            empty: every run sees the GPUs the harness sees.
+        threads: CPU threads per run; ``None``: the defaults with one slot, the cores split evenly between
+            several slots, ``cpus_per_job`` on Slurm.
+        partition: Slurm partition (``None``, like ``cpus_per_job`` and ``mem_gb``: the cluster's default).
+        time_limit_min: time limit of each job in minutes (a job stopped at it is requeued and resumes).
         gpus_per_job: GPUs of each job; ``None``: 0 for ``--device cpu``, else 1.
-        cpus_per_job: CPU cores of each job (``None``: the cluster's default).
-        mem_gb: memory of each job in GB (``None``: the cluster's default).
+        cpus_per_job: CPU cores of each job.
+        mem_gb: memory of each job in GB.
         array_parallelism: jobs of the array running at once (``None``: all).
-        wait: wait for the jobs and write the tables (Slurm); ``False`` submits and returns, the
-            tables come from a later ``experiment --collect``.
+        wait: wait for the Slurm jobs and write the tables; ``False`` submits and returns (then ``--collect``).
         python: interpreter of the worker and training processes (default: this one).
         echo: relay the trainers' progress lines.
         status_interval: seconds between status lines while nothing else is printed.
         poll_seconds: how often the launcher looks at its runs (``None``: 0.5 s locally, 30 s on Slurm).
 
     Raises:
-        ValueError: an unknown executor, a value below its minimum, ``parallel``/``devices`` with a
-            submitit executor, or a malformed device id.
+        ValueError: an unknown executor, a value below its minimum, ``parallel``/``devices`` with a submitit
+            executor, or a malformed device id.
     """
 
     executor: str = "local"
@@ -121,8 +98,7 @@ class LaunchOptions:
                               ("status_interval", 0.001), ("poll_seconds", 0.001)):
             _at_least(name, getattr(self, name), minimum)
         self.devices = tuple(str(d).strip() for d in self.devices)
-        bad = [d for d in self.devices if not d or "," in d]
-        if bad:
+        if any(not d or "," in d for d in self.devices):
             raise ValueError(f"devices must be GPU ids such as ('0', '1'), got {list(self.devices)!r}.")
         if self.executor != "local" and (self.parallel != 1 or self.devices):
             raise ValueError(
@@ -148,8 +124,7 @@ class RunOutcome:
 
     Attributes:
         name: ``method/combo``.
-        status: ``done``, ``failed``, ``submitted`` (Slurm, not waited for) or ``unfinished``
-            (found without results by ``--collect``).
+        status: ``done``, ``failed``, ``submitted`` (Slurm, not waited for) or ``unfinished`` (``--collect``).
         seconds: wall time of the run's process (``None`` when it did not end here).
         log_file: the log to read about it.
         tail: the log's last lines when it failed.
@@ -173,9 +148,6 @@ class SlotTask:
 
 class Progress:
     """Progress of the whole table: ``[3/10 done, 2 running, 1 failed | elapsed 0:12:00 | ETA 0:20:00] name: message``.
-
-    The ETA is the work left (mean duration of the runs finished in this invocation times the runs
-    waiting, plus what that mean leaves of each running run) shared over the slots that will be busy.
 
     Args:
         total: runs of the experiment.
@@ -204,7 +176,8 @@ class Progress:
         return self.total - self.done - self.failed - self.running
 
     def eta_seconds(self) -> float | None:
-        """Seconds until the last run ends, estimated; ``None`` before a run has finished here."""
+        """Mean duration of the runs finished here times the runs waiting, plus what that mean leaves of the
+        running ones, shared over the busy slots; ``None`` before a run has finished here."""
         if not self.durations:
             return None
         mean = sum(self.durations) / len(self.durations)
@@ -289,19 +262,15 @@ def _stop(slots: Sequence[_Slot], grace_seconds: float = 15.0) -> None:
     """SIGINT to each slot's process group (worker and training), SIGKILL to what is left after the grace time."""
     for slot in slots:
         if slot.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(slot.proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
     deadline = time.perf_counter() + grace_seconds
     for slot in slots:
         try:
             slot.proc.wait(timeout=max(0.1, deadline - time.perf_counter()))
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(slot.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             slot.proc.wait()
         slot.log.close()
 
@@ -316,19 +285,16 @@ def run_slots(
 ) -> dict[str, RunOutcome]:
     """Run ``tasks`` as subprocesses, at most ``parallel`` at once, each appending its output to its log.
 
-    Each process gets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``threads`` (when given) and, with
-    ``devices``, ``CUDA_VISIBLE_DEVICES`` = the device with the fewest running tasks. Every process
-    runs in a session of its own: on an interrupt (Ctrl-C) or an error here, each running task's
-    process group (the worker and its training) gets SIGINT, and SIGKILL 15 s later, before the
-    exception goes on. A task that exits non-zero is reported (exit status and the last lines of its
-    log) and the others go on.
+    Each process runs in a session of its own: on an interrupt or an error here, each running task's process
+    group gets SIGINT, and SIGKILL 15 s later. A task that exits non-zero is reported (exit status and the last
+    lines of its log) and the others go on.
 
     Args:
         tasks: the commands, in launch order.
         progress: where starts, ends, failures, relayed lines and status lines are printed.
         parallel: tasks at once.
-        devices: GPU ids to spread the tasks over.
-        threads: CPU threads per task; ``None`` leaves the environment as it is.
+        devices: GPU ids to spread the tasks over (``CUDA_VISIBLE_DEVICES``: the one with the fewest tasks).
+        threads: CPU threads per task (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``); ``None``: unchanged.
         poll_seconds: how often the processes and logs are looked at.
 
     Returns:
@@ -349,10 +315,7 @@ def run_slots(
         while pending or running:
             while pending and len(running) < parallel:
                 task = pending.popleft()
-                device = None
-                if devices:
-                    load = {d: sum(s.device == d for s in running.values()) for d in devices}
-                    device = min(devices, key=lambda d: load[d])
+                device = min(devices, key=lambda d: sum(s.device == d for s in running.values())) if devices else None
                 env = dict(base_env) if device is None else {**base_env, "CUDA_VISIBLE_DEVICES": device}
                 task.log_file.parent.mkdir(parents=True, exist_ok=True)
                 log = open(task.log_file, "ab")
@@ -390,11 +353,8 @@ def run_slots(
 
 
 def run_local(runs: Sequence[RunSpec], options: LaunchOptions, progress: Progress) -> dict[str, RunOutcome]:
-    """Execute ``runs`` in local slots: one worker process per run (``python -m plc_monai.experiments.run_worker``).
-
-    Each run's :meth:`~plc_monai.experiments.runs.RunSpec.to_dict` is written to its ``run.json``
-    first; the worker's output goes to ``logs/worker.log``.
-    """
+    """Execute ``runs`` in local slots: ``python -m plc_monai.experiments.run_worker <run.json>`` per run,
+    its output in ``logs/worker.log``."""
     python = options.python or sys.executable
     threads = options.threads_per_run()
     tasks = []
@@ -408,11 +368,7 @@ def run_local(runs: Sequence[RunSpec], options: LaunchOptions, progress: Progres
 
 
 def import_submitit() -> Any:
-    """The ``submitit`` module.
-
-    Raises:
-        ImportError: when it is not installed, saying how to install it.
-    """
+    """The ``submitit`` module; an :class:`ImportError` saying how to install it when it is missing."""
     try:
         import submitit
     except ImportError as err:
@@ -424,13 +380,8 @@ def import_submitit() -> Any:
 
 
 def submitit_parameters(options: LaunchOptions, num_runs: int, cpu_only: bool) -> dict[str, Any]:
-    """The ``AutoExecutor.update_parameters`` of the job array (``None`` values: the cluster's defaults).
-
-    Args:
-        options: the launch options.
-        num_runs: jobs in the array (the default array parallelism: all at once).
-        cpu_only: the runs use ``--device cpu`` (then ``gpus_per_job`` defaults to 0).
-    """
+    """The ``AutoExecutor.update_parameters`` of a job array of ``num_runs`` jobs (``None``: the cluster's defaults;
+    ``gpus_per_job`` defaults to 0 when ``cpu_only``, else 1)."""
     gpus = options.gpus_per_job if options.gpus_per_job is not None else (0 if cpu_only else 1)
     return {
         "name": "plc_monai",
@@ -448,13 +399,8 @@ def run_submitit(
 ) -> dict[str, RunOutcome]:
     """Submit ``runs`` as one job array (one :class:`~plc_monai.experiments.worker.RunJob` each) and wait for it.
 
-    Job scripts, pickles and logs go to ``folder/<job id>_<task>_log.out|err``; ``folder/jobs.json``
-    maps run names to job ids. With ``options.wait`` false, returns right after the submission
-    (status ``submitted``). An interrupt while waiting leaves the Slurm jobs running (collect their
-    results later); submitit's local jobs are children of this process and end with it.
-
-    Returns:
-        ``{name: RunOutcome}``.
+    Job files and logs go to ``folder`` (``jobs.json`` maps run names to job ids). With ``options.wait`` false,
+    returns after the submission (status ``submitted``). An interrupt while waiting leaves Slurm jobs running.
 
     Raises:
         ImportError: when submitit is missing.

@@ -1,21 +1,13 @@
-"""The paper's reported test Dice, for the results tables that put our numbers next to them.
+"""The paper's reported test Dice (Chaitanya et al., Section V), for the results tables.
 
-Copied from Chaitanya et al., "Local contrastive loss with pseudo-label based self-training for
-semi-supervised medical image segmentation", Section V (the paper in ``shared/paper``). Every value
-is the mean foreground Dice on the real test set, averaged over the paper's runs (random labeled /
-validation sets). The keys are this package's method names (``bundles/<dataset>/configs/methods``)
-where a method has a config, and descriptive names for the paper's other comparisons.
+Every value is the mean foreground Dice on the real test set over the paper's runs. The keys are this
+package's method names where a method has a config, and descriptive names for the paper's other rows.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "PAPER_TABLE_I",
-    "PAPER_TABLE_II",
-    "PAPER_BENCHMARK",
-    "PAPER_ABLATIONS_ACDC",
-    "METHOD_TABLE",
-    "METHOD_LABELS",
+    "PAPER_TABLE_I", "PAPER_TABLE_II", "PAPER_BENCHMARK", "PAPER_ABLATIONS_ACDC", "METHOD_TABLE", "METHOD_LABELS",
     "paper_dice",
 ]
 
@@ -24,14 +16,9 @@ _DATASETS = ("acdc", "prostate", "mmwhs")
 
 
 def _rows(table: dict[str, tuple[float, ...]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{method: 9 values in the paper's column order}`` -> ``{dataset: {setting: {method: dice}}}``.
-
-    The paper's columns are ACDC, Prostate, MMWHS, each with |X_L| = 1, 2, 8.
-    """
+    """``{method: 9 values}`` (ACDC, Prostate, MMWHS; |X_L| = 1, 2, 8) -> ``{dataset: {setting: {method: dice}}}``."""
     out: dict[str, dict[str, dict[str, float]]] = {d: {s: {} for s in _SETTINGS} for d in _DATASETS}
     for method, values in table.items():
-        if len(values) != len(_DATASETS) * len(_SETTINGS):
-            raise ValueError(f"paper row {method!r} has {len(values)} values; expected 9.")
         for i, value in enumerate(values):
             out[_DATASETS[i // 3]][_SETTINGS[i % 3]][method] = value
     return out
@@ -111,10 +98,7 @@ PAPER_ABLATIONS_ACDC: dict[str, dict[str, dict[float, tuple[float, float, float]
 
 
 def paper_dice(dataset: str, setting: str, method: str) -> float | None:
-    """The paper's mean foreground Dice for ``method`` on ``dataset`` with ``setting``, or ``None``.
-
-    Looks in TABLE I first, then TABLE II. ``None`` when the paper reports no such number (a method
-    it does not compare, or a setting other than tr1/tr2/tr8).
+    """The paper's mean foreground Dice (TABLE I, else TABLE II) for ``method`` on ``dataset`` with ``setting``.
 
     Args:
         dataset: ``acdc``, ``prostate`` or ``mmwhs`` (case-insensitive).
@@ -123,7 +107,7 @@ def paper_dice(dataset: str, setting: str, method: str) -> float | None:
             (``mixup``, ``data_augment``, ``adversarial_training``, ``noisy_student``).
 
     Returns:
-        The Dice value, or ``None``.
+        The Dice value, or ``None`` when the paper reports no such number.
     """
     for table in (PAPER_TABLE_I, PAPER_TABLE_II):
         value = table.get(str(dataset).lower(), {}).get(str(setting), {}).get(method)

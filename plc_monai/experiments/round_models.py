@@ -1,19 +1,9 @@
-"""Save the model at the end of every pseudo-labeling round (for the paper's Fig. 4).
-
-Fig. 4 of Chaitanya et al. plots the test Dice after each pseudo-labeling step. The trainer keeps
-only the best model per phase, so this handler writes the weights the schedule has at each round
-boundary: ``model_round_0.pt`` is the model the first pseudo-labels come from (the best warm-up
-model, which the joint phase starts from), ``model_round_<k>.pt`` the network after iteration
-``warmup_iterations + k * interval`` (the end of round ``k``, just before the refresh of round
-``k + 1``).
-"""
+"""Save the model at the end of every pseudo-labeling round (for the paper's Fig. 4, test Dice per round)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
 import torch
 
 from plc_monai._ignite import Engine, Events
@@ -33,12 +23,10 @@ def round_model_path(save_dir: str | os.PathLike, round_index: int) -> Path:
 class RoundModelSaver:
     """An Ignite handler writing ``model_round_<k>.pt`` at the end of each pseudo-labeling round.
 
-    Fires at ``ITERATION_COMPLETED`` of iterations ``warmup_iterations + k * interval`` for
-    ``k = 0 .. num_rounds``. For ``k = 0`` it writes the trainer's best warm-up weights
-    (``trainer.best_warmup_state``, set by :class:`~plc_monai.checkpointing.BestModelPerPhase`), which
-    the joint phase starts from, or the current weights when no validation has run yet. Files are
-    plain ``state_dict`` files (the format of ``model.pt``) written atomically; only rank 0 writes.
-    Add it to a bundle with ``"+train#handlers": [{"_target_": "plc_monai.experiments.round_models.RoundModelSaver", ...}]``.
+    Fires after iterations ``warmup_iterations + k * interval``, ``k = 0 .. num_rounds``. For ``k = 0`` it writes
+    the best warm-up weights (``trainer.best_warmup_state`` of :class:`~plc_monai.checkpointing.BestModelPerPhase`,
+    which the joint phase starts from), or the current weights before any validation. Plain ``state_dict`` files
+    written atomically by rank 0.
 
     Args:
         network: the trained model (unwrapped from DDP when wrapped).
@@ -70,7 +58,6 @@ class RoundModelSaver:
         self.warmup_iterations = int(warmup_iterations)
         self.interval = int(interval)
         self.num_rounds = int(num_rounds)
-        self.trainer: Any = None
 
     @property
     def iterations(self) -> dict[int, int]:
@@ -79,11 +66,7 @@ class RoundModelSaver:
 
     def attach(self, engine: Engine) -> None:
         """Register on ``ITERATION_COMPLETED`` at the round boundaries of ``engine``."""
-        self.trainer = engine
-        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
-
-    def _due(self, engine: Engine, event: int) -> bool:
-        return event in self.iterations
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda _, i: i in self.iterations), self)
 
     def __call__(self, engine: Engine) -> None:
         round_index = self.iterations[int(engine.state.iteration)]

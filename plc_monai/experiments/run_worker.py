@@ -1,8 +1,6 @@
-"""``python -m plc_monai.experiments.run_worker <run_dir>/run.json [--threads N]``: one run in this process.
+"""``python -m plc_monai.experiments.run_worker <run_dir>/run.json``: :func:`plc_monai.experiments.worker.main`.
 
-The command of a local slot (:func:`plc_monai.experiments.launch.run_local`); see
-:func:`plc_monai.experiments.worker.main`. A module of its own because the package imports
-:mod:`.worker`, and ``python -m`` must not run a module that is already imported.
+A module of its own because ``python -m`` must not run :mod:`.worker`, which the package imports.
 """
 
 import sys

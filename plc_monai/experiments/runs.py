@@ -1,38 +1,27 @@
 """One experiment run (a method on one labeled/validation combination): its folder, settings and commands.
 
-A *method* is a small JSON file in ``<bundle>/configs/methods/`` merged after ``train.json`` (see
-``docs/experiments.md``). A *run* trains one method on one split with the real bundle command::
-
-    python -m monai.bundle run training --config_file "['<bundle>/configs/train.json', '<bundle>/configs/methods/<method>.json']" --<id> <value> ...
-
-and evaluates the result with ``evaluate.json`` merged after both. This module builds the per-run
-settings (output folders, split, seeds, user overrides) from an :class:`ExperimentSpec` and the
-commands; :mod:`.worker` executes one run, :mod:`.launch` runs many at once, :mod:`.harness` tabulates them.
+A *method* is a JSON file of ``<bundle>/configs/methods/`` merged after ``train.json`` (docs/experiments.md).
+:func:`plan_runs` turns an :class:`ExperimentSpec` into :class:`RunSpec` s; :func:`bundle_command` is the
+``python -m monai.bundle run`` command of one.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from plc_monai.data.splits import load_split
 
 __all__ = [
-    "ExperimentSpec",
-    "RunSpec",
-    "available_methods",
-    "method_config",
-    "bundle_dataset",
-    "combo_split_seed",
-    "plan_runs",
-    "bundle_command",
-    "bundle_parser",
+    "ExperimentSpec", "RunSpec", "available_methods", "method_config", "bundle_dataset", "combo_split_seed",
+    "plan_runs", "bundle_command", "bundle_parser",
 ]
 
 #: ids of the run folder layout, set by the harness for every run; user overrides cannot change them.
@@ -53,12 +42,7 @@ def available_methods(bundle: str | os.PathLike) -> list[str]:
 
 
 def method_config(bundle: str | os.PathLike, method: str) -> Path:
-    """The override file of ``method`` in ``bundle``.
-
-    Raises:
-        FileNotFoundError: when ``<bundle>/configs/methods/<method>.json`` does not exist; the message
-            lists the methods that do.
-    """
+    """``<bundle>/configs/methods/<method>.json``; a :class:`FileNotFoundError` listing the methods if it is missing."""
     path = _bundle_path(bundle) / "configs" / "methods" / f"{method}.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -77,11 +61,7 @@ def bundle_dataset(bundle: str | os.PathLike) -> str:
 
 
 def combo_split_seed(combo: str | int) -> int:
-    """The seed of a random split for combination ``combo``: ``"c3"`` or ``"3"`` or ``3`` -> ``3``.
-
-    Raises:
-        ValueError: when ``combo`` is neither an integer nor ``c<integer>``.
-    """
+    """The seed of a random split for ``combo``: ``"c3"``, ``"3"`` or ``3`` -> ``3`` (else a ``ValueError``)."""
     text = str(combo).strip().lower()
     digits = text[1:] if text.startswith("c") else text
     if not digits.lstrip("-").isdigit():
@@ -93,29 +73,12 @@ def _resolve(path: str | os.PathLike) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _split_files_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*.json"))
-
-
 @dataclass
 class ExperimentSpec:
     """What an experiment computes: which methods on which splits of which data, into which folder.
 
-    Built once (by the command line, :func:`plc_monai.experiments.harness.experiment`, or by hand) and
-    handed to :func:`plan_runs` and :func:`~plc_monai.experiments.harness.run_experiment`. Paths are
-    made absolute and every value is checked when the spec is created, before any run starts. How
-    the runs are executed (slots, threads, GPUs, Slurm) is not part of it: see
-    :class:`~plc_monai.experiments.launch.LaunchOptions`.
-
-    ``split`` chooses the labeled/validation/unlabeled/test volumes of each run:
-
-    - ``"paper"``: the paper's fixed ids of ``setting``/``combo`` (``plc_monai/data/splits``);
-    - ``"random"``: a seeded random split, the combo names the seed (``c3`` -> ``split_seed 3``);
-    - a folder of split files named ``<setting>_<combo>.json`` (e.g. ``tr1_c1.json``, the format of
-      :func:`plc_monai.data.splits.save_split`): each run reads ``<folder>/<setting>_<combo>.json``;
-    - one split ``.json`` file, for a single combo.
-
-    The words ``paper`` and ``random`` win over a folder of that name (write ``./paper`` for the folder).
+    Paths are made absolute and every value is checked here, before any run starts; how the runs are executed
+    is :class:`~plc_monai.experiments.launch.LaunchOptions`.
 
     Args:
         bundle: the bundle folder, e.g. ``bundles/acdc``.
@@ -124,7 +87,10 @@ class ExperimentSpec:
         methods: method names of ``<bundle>/configs/methods``.
         dataset_dir: the dataset folder the bundle reads.
         output_dir: the experiment folder.
-        split: ``paper``, ``random``, a folder of split files or one split file (see above).
+        split: ``"paper"`` (the paper's ids of ``setting``/``combo``), ``"random"`` (the combo names the seed:
+            ``c3`` -> ``split_seed 3``), a folder of :func:`~plc_monai.data.splits.save_split` files named
+            ``<setting>_<combo>.json``, or one split ``.json`` file for a single combo. The words win over a
+            folder of that name (write ``./paper`` for the folder).
         seed: training seed of every run.
         overrides: bundle ids applied to every run (see :func:`plan_runs`).
         device: ``cpu``, ``cuda:0``, ...; ``None`` keeps the bundle's choice.
@@ -132,12 +98,10 @@ class ExperimentSpec:
         figures: write the figures with the tables.
 
     Raises:
-        ValueError: empty ``methods``/``combos``, a combo that is no seed for random splits, an
-            override of a run-layout id (``output_dir``, ``split`` ...), a split that is neither a
-            keyword nor a folder nor a ``.json`` file, a split file given with several combos, or a
-            split file that is not a split.
-        FileNotFoundError: an unknown bundle or method, a missing dataset folder, or a split folder
-            that lacks the file of a combo (the message lists the files it has).
+        ValueError: empty ``methods``/``combos``, a combo that is no seed for random splits, an override of a
+            run-layout id (``output_dir``, ``split`` ...), or a bad ``split`` (the message says why).
+        FileNotFoundError: an unknown bundle or method, a missing dataset folder, or a split folder that lacks
+            the file of a combo (the message lists the files it has).
     """
 
     bundle: str | os.PathLike
@@ -189,9 +153,10 @@ class ExperimentSpec:
             files = [path / f"{self.setting}_{combo}.json" for combo in self.combos]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
+                has = sorted(p.name for p in path.glob("*.json")) or "no .json files"
                 raise FileNotFoundError(
                     f"split folder {path} lacks {missing} (expected <setting>_<combo>.json for setting "
-                    f"{self.setting!r} and combos {list(self.combos)}); it has: {_split_files_in(path) or 'no .json files'}."
+                    f"{self.setting!r} and combos {list(self.combos)}); it has: {has}."
                 )
         elif path.suffix == ".json" and path.is_file():
             if len(self.combos) > 1:
@@ -226,28 +191,14 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON-ready values (paths as strings); :meth:`from_dict` reads it back."""
-        return {
-            "bundle": str(self.bundle),
-            "setting": self.setting,
-            "combos": list(self.combos),
-            "methods": list(self.methods),
-            "dataset_dir": str(self.dataset_dir),
-            "output_dir": str(self.output_dir),
-            "split": self.split,
-            "seed": self.seed,
-            "overrides": dict(self.overrides),
-            "device": self.device,
-            "cache_dir": str(self.cache_dir),
-            "figures": self.figures,
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        paths = {k: str(data[k]) for k in ("bundle", "dataset_dir", "output_dir", "cache_dir")}
+        return {**data, **paths, "combos": list(self.combos), "methods": list(self.methods),
+                "overrides": dict(self.overrides)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentSpec:
-        """The spec of :meth:`to_dict` (checked again: the bundle, data and split files must still exist).
-
-        Raises:
-            ValueError: when ``data`` lacks a field or has an unknown one.
-        """
+        """The spec of :meth:`to_dict`, checked again; ``ValueError`` for a missing or unknown field."""
         names = {f.name for f in fields(cls)}
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
@@ -262,8 +213,7 @@ class RunSpec:
 
     Attributes:
         method: method name (a file of ``<bundle>/configs/methods``).
-        combo: ``c1`` ... for paper splits and split folders; for random splits the split seed is
-            :func:`combo_split_seed`.
+        combo: ``c1`` ... (for random splits, :func:`combo_split_seed` gives the split seed).
         run_dir: the run's folder (``<output>/runs/<method>/<combo>``).
         config_files: ``[train.json, methods/<method>.json]``.
         settings: bundle ids set for this run (Python values), applied after the config files.
@@ -319,12 +269,8 @@ class RunSpec:
         """The round models saved so far, ``{k: models/model_round_<k>.pt}`` for ``k = 0, 1, ...``."""
         from plc_monai.experiments.round_models import round_model_path
 
-        found = {}
-        k = 0
-        while round_model_path(self.ckpt_dir, k).is_file():
-            found[k] = round_model_path(self.ckpt_dir, k)
-            k += 1
-        return found
+        paths = (round_model_path(self.ckpt_dir, k) for k in itertools.count())
+        return dict(enumerate(itertools.takewhile(Path.is_file, paths)))
 
     def rounds_pending(self) -> list[int]:
         """Rounds whose model exists but has no evaluation yet."""
@@ -336,22 +282,11 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The run as JSON-ready values; :meth:`from_dict` reads it back."""
-        return {
-            "method": self.method,
-            "combo": self.combo,
-            "run_dir": str(self.run_dir),
-            "config_files": [str(f) for f in self.config_files],
-            "settings": dict(self.settings),
-            "dropped": dict(self.dropped),
-        }
+        return {**asdict(self), "run_dir": str(self.run_dir), "config_files": [str(f) for f in self.config_files]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
-        """The run of :meth:`to_dict`.
-
-        Raises:
-            ValueError: when a field is missing.
-        """
+        """The run of :meth:`to_dict`; ``ValueError`` when a field is missing."""
         missing = [k for k in ("method", "combo", "run_dir", "config_files", "settings") if k not in data]
         if missing:
             raise ValueError(f"run description lacks {missing}; expected the output of RunSpec.to_dict().")
@@ -371,24 +306,10 @@ def _method_ids(path: Path) -> set[str]:
 
 
 def plan_runs(spec: ExperimentSpec) -> list[RunSpec]:
-    """The runs of an experiment, method-major (all combos of the first method first).
+    """One :class:`RunSpec` per (method, combo), method-major, each in ``<output_dir>/runs/<method>/<combo>``.
 
-    Every run gets its own ``output_dir`` and ``ckpt_dir`` (``<output_dir>/runs/<method>/<combo>``);
-    all share the preprocessing cache (``spec.cache_dir``). The split ids of each run come from
-    :meth:`ExperimentSpec.split_settings` (the paper's ids, a seed, or the combo's split file). The
-    training seed ``spec.seed`` is the same for every run, so methods differ only in what the method
-    file changes.
-
-    ``spec.overrides`` are bundle ids applied to every run (after the method file), except ids that
-    the method file itself sets: ``--lambda_cont 1.0`` changes the proposed method's weight but does
-    not turn self-training (``lambda_cont 0``) into something else. Such skipped overrides are
-    recorded in :attr:`RunSpec.dropped` and reported with a warning.
-
-    Args:
-        spec: the experiment.
-
-    Returns:
-        One :class:`RunSpec` per (method, combo).
+    All runs share ``spec.cache_dir`` and ``spec.seed``. ``spec.overrides`` apply after the method file, except
+    ids that the method file sets itself (recorded in :attr:`RunSpec.dropped`, with a warning).
     """
     device_ids: dict[str, Any] = {}
     if spec.device is not None:
@@ -426,16 +347,10 @@ def plan_runs(spec: ExperimentSpec) -> list[RunSpec]:
 
 
 def _cli_value(value: Any) -> str:
-    """A bundle id's value as ``python -m monai.bundle run`` reads it back.
-
-    The bundle command line parses values with ``fire``, which reads Python literals: ``False`` is a
-    bool but ``false`` (JSON) stays the string ``"false"``, which is truthy. So containers, bools and
-    ``None`` are written with ``repr``.
-    """
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, (list, dict, bool)) or value is None:
-        return repr(value)
+    """A bundle id's value as ``python -m monai.bundle run`` (fire: Python literals) reads it back; containers,
+    bools and ``None`` as ``repr`` (JSON's ``false`` would be the truthy string ``"false"``)."""
+    if isinstance(value, (list, tuple, dict, bool)) or value is None:
+        return repr(list(value) if isinstance(value, tuple) else value)
     return str(value)
 
 
@@ -451,11 +366,8 @@ def bundle_command(
 
 
 def bundle_parser(config_files: Sequence[str | os.PathLike], settings: Mapping[str, Any]) -> Any:
-    """A parsed :class:`monai.bundle.ConfigParser` of ``config_files`` with ``settings`` applied.
-
-    Same merge order as the command line: files in order (``+`` keys extend lists/dicts), then each
-    ``settings`` id. Nothing is instantiated until ``get_parsed_content`` is called.
-    """
+    """A parsed :class:`monai.bundle.ConfigParser` of ``config_files`` with ``settings`` applied, merged in the
+    order of the command line (nothing is instantiated until ``get_parsed_content``)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

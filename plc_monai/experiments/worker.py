@@ -1,17 +1,7 @@
 """One run of an experiment from start to end, in its own process: train through the bundle, then evaluate.
 
-:func:`execute_run` trains a :class:`~plc_monai.experiments.runs.RunSpec` with the real bundle command
-in a subprocess (``python -m monai.bundle run training ...``, output in ``logs/train.log``; an
-interrupted training resumes from its ``models/checkpoint.pt``), then evaluates the final model and
-each round model on the test split in this process (:func:`evaluate_checkpoint`). Each step runs only
-when its output is missing, so calling it again on the same run finishes what is left.
-
-It runs wherever the launcher puts it:
-
-- ``python -m plc_monai.experiments.run_worker <run_dir>/run.json [--threads N]``: one process per run,
-  what the local slots of :mod:`.launch` start (its output goes to ``logs/worker.log``);
-- :class:`RunJob`: the same call as a picklable job for submitit (Slurm job arrays), requeued with
-  the same arguments when Slurm stops the job at its time limit.
+Each step runs only when its output is missing, so calling it again finishes what is left. It runs as
+``python -m plc_monai.experiments.run_worker <run_dir>/run.json`` (a local slot) or as a submitit :class:`RunJob`.
 """
 
 from __future__ import annotations
@@ -41,11 +31,7 @@ TAIL_LINES = 25
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
-    """``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for ``threads`` CPU threads (empty for ``None``: the defaults).
-
-    Raises:
-        ValueError: when ``threads`` is below 1.
-    """
+    """``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for ``threads`` CPU threads (``{}`` for ``None``); ValueError below 1."""
     if threads is None:
         return {}
     if int(threads) < 1:
@@ -81,11 +67,8 @@ def run_logged(cmd: Sequence[str], log_file: Path, echo: bool, env: Mapping[str,
 
 
 def evaluate_checkpoint(run: RunSpec, ckpt_file: str | os.PathLike, eval_dir: str | os.PathLike) -> dict[str, Any]:
-    """Evaluate ``ckpt_file`` on the run's test split in this process, through ``evaluate.json``.
-
-    The configs (``train.json``, the method file, ``evaluate.json``) and settings are those of the
-    command ``python -m monai.bundle run --config_file "[...]" --ckpt_file ... --eval_dir ...``, so the
-    numbers are the ones that command writes.
+    """Evaluate ``ckpt_file`` on the run's test split in this process, with the configs and settings of
+    ``python -m monai.bundle run --config_file "[..., evaluate.json]" --ckpt_file ... --eval_dir ...``.
 
     Returns:
         The ``summary.json`` written to ``eval_dir``.
@@ -114,8 +97,7 @@ def execute_run(
         run: the run.
         python: interpreter of the training subprocess (default: this one).
         echo: print the trainer's progress lines.
-        threads: CPU threads of the training (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) and of the
-            evaluation here (``torch.set_num_threads``); ``None`` keeps the defaults.
+        threads: CPU threads of the training (:func:`thread_env`) and of the evaluation here; ``None``: defaults.
         say: where the step messages go (default: ``print``).
 
     Returns:
@@ -159,10 +141,7 @@ def execute_run(
 class RunJob:
     """A run as a submitit job: ``RunJob(threads=4)(run.to_dict())`` calls :func:`execute_run` on the node.
 
-    The job gets the run as a plain dict (pickled by submitit), so the node needs only plc_monai
-    installed and the run's folders reachable. When Slurm stops the job at its time limit, submitit
-    calls :meth:`checkpoint`, which requeues the same call: the training then resumes from its last
-    ``models/checkpoint.pt`` and finished steps are skipped.
+    At a Slurm time-out submitit calls :meth:`checkpoint`, which requeues the same call (the run resumes).
 
     Args:
         python: interpreter of the training subprocess (default: the job's).
@@ -188,11 +167,8 @@ class RunJob:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plc_monai.experiments.run_worker RUN_JSON [--threads N] [--python P] [--quiet]``.
-
-    Returns:
-        The exit status: 0 when the run finished, 1 when it failed (the traceback is printed).
-    """
+    """``python -m plc_monai.experiments.run_worker RUN_JSON [--threads N] [--python P] [--quiet]``: 0 when the run
+    finished, 1 when it failed (the traceback is printed)."""
     parser = argparse.ArgumentParser(prog="python -m plc_monai.experiments.run_worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_file", help="the run's run.json (RunSpec.to_dict)")
