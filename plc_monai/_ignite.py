@@ -1,7 +1,6 @@
-"""Ignite's ``Events`` and ``Engine`` for the package's engines and handlers, imported in one place.
+"""Ignite's ``Events`` and ``Engine``, imported in one place and optional at import time, as in MONAI.
 
-As in MONAI, Ignite is optional at import time (``monai.utils.optional_import``): importing
-``plc_monai`` works without it and the first use of ``Events``/``Engine`` says that it is missing.
+Importing ``plc_monai`` works without Ignite; the first use of ``Events``/``Engine`` says that it is missing.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """Write files so that no half-written file is ever visible: temp file in the same folder, then rename.
 
-A crash, a full disk or a killed job leaves either the previous file or the new one, never a
-truncated mix. Every file the package writes (checkpoints, caches, splits, reports, phantoms,
-pseudo-labels) goes through :func:`atomic_write`.
+A crash, a full disk or a killed job leaves either the previous file or the new one, never a truncated mix.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -42,8 +41,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mod
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -60,8 +58,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (no NaN) to ``path`` atomically."""
-    import json
-
     return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 

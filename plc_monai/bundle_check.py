@@ -1,19 +1,8 @@
 """Offline checks of a MONAI bundle folder: metadata against its JSON schema, config properties.
 
-Both checks run without network access, so tests and CI can call them:
-
-- :func:`verify_bundle_metadata` runs MONAI's own ``verify_metadata`` (what
-  ``python -m monai.bundle verify_metadata`` does) with ``filepath`` pointing at a local copy of the
-  schema. MONAI's downloader returns early when that file already exists, so nothing is fetched.
-  It also applies the model-zoo CI rule that ``version`` must be a key of ``changelog``.
-- :func:`check_config_properties` builds a :class:`monai.bundle.ConfigWorkflow`, initialises it and
-  returns what :meth:`~monai.bundle.ConfigWorkflow.check_properties` reports: required properties
-  that are missing, plus optional properties that are referenced under a non-standard config id.
-
-Equivalent command line for the metadata check (offline as long as the ``--filepath`` file exists)::
-
-    python -m monai.bundle verify_metadata --meta_file bundles/acdc/configs/metadata.json \\
-        --filepath /path/to/meta_schema_20240725.json
+Both run without network access, so tests and CI can call them. The metadata check is what
+``python -m monai.bundle verify_metadata --meta_file <bundle>/configs/metadata.json --filepath
+<local schema>`` does, plus model-zoo CI's rule that ``version`` is a key of ``changelog``.
 """
 
 from __future__ import annotations
@@ -32,13 +21,7 @@ _, _HAS_JSONSCHEMA = optional_import("jsonschema")
 
 
 def metadata_file(bundle_dir: str | os.PathLike) -> Path:
-    """Return the path of ``<bundle_dir>/configs/metadata.json``.
-
-    Args:
-        bundle_dir: root folder of the bundle (the one holding ``configs/``).
-
-    Returns:
-        Path of the metadata file.
+    """The path of ``<bundle_dir>/configs/metadata.json``.
 
     Raises:
         FileNotFoundError: when ``bundle_dir`` is not a folder or has no ``configs/metadata.json``.
@@ -55,20 +38,16 @@ def metadata_file(bundle_dir: str | os.PathLike) -> Path:
 def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.PathLike) -> None:
     """Validate ``<bundle_dir>/configs/metadata.json`` against a local JSON schema file, offline.
 
-    Calls :func:`monai.bundle.verify_metadata` with ``filepath=schema_file``; because the file exists
-    MONAI skips the download of the schema URL named in the metadata. No hash is checked (the
-    project-monai.github.io copy of a schema differs byte-wise from the release asset MONAI pins).
-    Then checks that ``version`` is a key of ``changelog``, as model-zoo's CI requires.
+    MONAI's :func:`monai.bundle.verify_metadata` skips the download when ``filepath`` exists; no hash
+    is checked (the project-monai.github.io copy of a schema differs byte-wise from MONAI's pinned one).
 
     Args:
         bundle_dir: root folder of the bundle (the one holding ``configs/``).
-        schema_file: local copy of the schema that ``metadata["schema"]`` names, e.g.
-            ``meta_schema_20240725.json``.
+        schema_file: local copy of the schema that ``metadata["schema"]`` names.
 
     Raises:
         FileNotFoundError: when the bundle folder, its metadata file or ``schema_file`` is missing.
-        ImportError: when ``jsonschema`` is not installed (MONAI then fails with an unrelated
-            ``TypeError``, so this is checked first).
+        ImportError: when ``jsonschema`` is not installed (MONAI would fail with an unrelated ``TypeError``).
         ValueError: when the metadata is not valid JSON, fails the schema, or its ``version`` is
             missing from ``changelog``.
     """
@@ -91,9 +70,7 @@ def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.
     from monai.bundle import verify_metadata
 
     verify_metadata(meta_file=str(meta), filepath=str(schema), create_dir=False)
-
-    version = content.get("version")
-    changelog = content.get("changelog")
+    version, changelog = content.get("version"), content.get("changelog")
     if not isinstance(changelog, dict) or version not in changelog:
         raise ValueError(
             f"{meta}: version {version!r} must be a key of 'changelog' (model-zoo CI rule), "
@@ -101,40 +78,17 @@ def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.
         )
 
 
-def _config_paths(bundle_dir: Path, config_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Resolve config file names against ``<bundle_dir>/configs`` (absolute paths are kept as given)."""
-    names = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
-    if not names:
-        raise ValueError("config_files must name at least one config file, e.g. 'train.json'.")
-    paths = []
-    for name in names:
-        path = Path(name)
-        if not path.is_absolute():
-            path = bundle_dir / "configs" / path
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist (bundle {bundle_dir}).")
-        paths.append(str(path))
-    return paths
-
-
 def _hash_ids(config_id: str) -> str:
-    """Write a MONAI config id with ``#`` separators (MONAI 1.6 stores them as ``::``)."""
+    """A MONAI config id with ``#`` separators (MONAI 1.6 stores them as ``::``)."""
     return config_id.replace("::", "#")
 
 
 def _check_reference_slots(workflow: Any) -> None:
-    """Raise a clear error for config shapes that make MONAI 1.6.1's ``check_properties`` crash.
+    """Raise a clear ``ValueError`` for config shapes that make MONAI 1.6.1's ``check_properties`` crash.
 
-    ``ConfigWorkflow._check_optional_id`` calls ``ref.startswith("$")`` on whatever sits in a slot
-    that refers to an optional property (e.g. ``train#trainer#postprocessing``), so an inline dict,
-    list or number there raises ``AttributeError``; and it indexes every entry of ``train#handlers``
-    with ``["_target_"]``, so a string entry (or a string instead of the list) raises ``TypeError``.
-
-    Args:
-        workflow: an initialised :class:`monai.bundle.ConfigWorkflow`.
-
-    Raises:
-        ValueError: naming the config id, what it holds and what MONAI expects there.
+    MONAI calls ``ref.startswith("$")`` on the slot of each referenced optional property (an inline
+    dict or number there raises ``AttributeError``) and reads ``h["_target_"]`` of every
+    ``train#handlers`` entry (a string there raises ``TypeError``).
     """
     parser = workflow.parser
     handlers_id = "train#handlers"
@@ -173,66 +127,57 @@ def check_config_properties(
     bundle_dir: str | os.PathLike,
     config_files: str | os.PathLike | Sequence[str | os.PathLike],
     workflow_type: str = "train",
-    use_logging_conf: bool = False,
     **override: Any,
 ) -> list[str]:
-    """Return the properties MONAI's ``check_properties`` reports for a bundle config.
+    """The properties MONAI's ``check_properties`` reports for a bundle config, as model-zoo tests build it.
 
-    The workflow is built as the model-zoo tests build it: ``ConfigWorkflow(config_file=...,
-    meta_file=<bundle>/configs/metadata.json, workflow_type=...)``, then ``initialize()`` (which runs
-    the config's ``initialize`` expressions), then ``check_properties()``. Checking a property
-    instantiates it (trainer, datasets, data loaders), so pass overrides such as ``dataset_dir``,
-    ``bundle_root`` or ``output_dir`` that point at real or phantom data and at a scratch folder.
+    Builds ``ConfigWorkflow(config_file=..., meta_file=<bundle>/configs/metadata.json)``, runs
+    ``initialize()`` and ``check_properties()``. Checking instantiates the properties (trainer, datasets,
+    loaders), so override ``dataset_dir``, ``bundle_root``, ``output_dir`` to real or phantom data and
+    a scratch folder. MONAI's ``logging.conf`` is not applied, so callers keep their logging setup.
 
     Args:
         bundle_dir: root folder of the bundle (the one holding ``configs/``).
-        config_files: one config file name or a sequence merged in order, relative to
-            ``<bundle_dir>/configs`` unless absolute, e.g. ``"inference.json"`` or
-            ``["train.json", "evaluate.json"]``.
-        workflow_type: ``"train"`` (also for train + evaluate overrides, as model-zoo does) or
-            ``"infer"``; MONAI also accepts ``"training"``, ``"inference"``, ``"eval"``,
-            ``"evaluation"``.
-        use_logging_conf: apply ``<bundle_dir>/configs/logging.conf`` to the process's logging
-            setup (MONAI's default for ``run``). Off by default so that callers such as tests keep
-            their own logging configuration.
-        override: config ids and values to override, e.g. ``dataset_dir="/data/acdc"``.
-            ``#`` separated ids need the ``**{"train#trainer#max_epochs": 1}`` form.
+        config_files: one config file or a sequence merged in order, relative to ``<bundle_dir>/configs``
+            unless absolute, e.g. ``["train.json", "evaluate.json"]``.
+        workflow_type: ``"train"`` (also for train + evaluate, as model-zoo does) or ``"infer"`` (or
+            MONAI's aliases ``"training"``, ``"inference"``, ``"eval"``, ``"evaluation"``).
+        override: config ids and values, e.g. ``dataset_dir="/data/acdc"``; ``#`` separated ids need
+            the ``**{"train#trainer#max_epochs": 1}`` form.
 
     Returns:
-        Names of the required properties whose config id is absent, then the required properties
-        MONAI reports as missing and the optional properties it finds referenced under a wrong id;
-        ``[]`` when the bundle passes.
+        the required properties whose config id is absent, then those MONAI reports missing and the
+        optional ones it finds referenced under a wrong id; ``[]`` when the bundle passes.
 
     Raises:
         FileNotFoundError: when the bundle folder, its metadata file or a config file is missing.
         ValueError: when ``config_files`` is empty, ``workflow_type`` is not supported, or the config
-            has a shape that makes MONAI's check crash: an inline value (dict, list, number) where a
-            referenced optional property belongs (e.g. ``train#trainer#postprocessing``,
-            ``ValidationHandler``'s ``interval``), or a ``train#handlers`` entry without ``_target_``.
+            has a shape that makes MONAI's check crash: an inline value where a referenced optional
+            property belongs (e.g. ``train#trainer#postprocessing``), or a ``train#handlers`` entry
+            without ``_target_``.
     """
     from monai.bundle import ConfigWorkflow
 
     root = Path(bundle_dir)
     meta = metadata_file(root)
-    configs = _config_paths(root, config_files)
-    logging_file: str | bool = False
-    if use_logging_conf:
-        logging_path = root / "configs" / "logging.conf"
-        if not logging_path.is_file():
-            raise FileNotFoundError(f"bundle folder {root} has no configs/logging.conf (expected {logging_path}).")
-        logging_file = str(logging_path)
+    names = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
+    if not names:
+        raise ValueError("config_files must name at least one config file, e.g. 'train.json'.")
+    configs = [root / "configs" / name for name in names]  # an absolute name replaces the folder
+    for path in configs:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist (bundle {root}).")
     workflow = ConfigWorkflow(
-        config_file=configs,
+        config_file=[str(c) for c in configs],
         meta_file=str(meta),
-        logging_file=logging_file,
+        logging_file=False,
         workflow_type=workflow_type,
         **override,
     )
     workflow.initialize()
     _check_reference_slots(workflow)
-    # MONAI 1.6.1 raises KeyError from `check_properties` when a required property's config id is
-    # absent (its `hasattr` probe only swallows AttributeError), so report those ids here and let
-    # MONAI check the rest: instantiation of the present ones and the ids of optional references.
+    # MONAI 1.6.1's check_properties raises KeyError when a required property's id is absent (its
+    # `hasattr` probe swallows AttributeError only): report those here, let MONAI check the rest.
     properties = workflow.properties
     absent = [
         name
