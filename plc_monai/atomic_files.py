@@ -15,13 +15,12 @@ from typing import IO, Any
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mode: int | None = None) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, flush it to disk, rename it to ``path``.
 
     Args:
         path: the final file; its folder is created if needed.
         write: writes the content to the open binary file object it is given.
-        mode: permission bits of the final file (``mkstemp`` creates 0600); default: 0666 minus the umask.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -34,11 +33,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mod
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        umask = os.umask(0)  # mkstemp creates 0600: give the file the usual 0666 minus the umask
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,9 +1,4 @@
-"""Offline checks of a MONAI bundle folder: metadata against its JSON schema, config properties.
-
-Both run without network access, so tests and CI can call them. The metadata check is what
-``python -m monai.bundle verify_metadata --meta_file <bundle>/configs/metadata.json --filepath
-<local schema>`` does, plus model-zoo CI's rule that ``version`` is a key of ``changelog``.
-"""
+"""Offline checks of a MONAI bundle folder (for tests and CI): metadata against its JSON schema, config properties."""
 
 from __future__ import annotations
 
@@ -13,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.bundle.utils import ID_SEP_KEY
 from monai.utils import BundleProperty, BundlePropertyConfig, optional_import
 
 __all__ = ["metadata_file", "verify_bundle_metadata", "check_config_properties"]
@@ -38,8 +34,9 @@ def metadata_file(bundle_dir: str | os.PathLike) -> Path:
 def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.PathLike) -> None:
     """Validate ``<bundle_dir>/configs/metadata.json`` against a local JSON schema file, offline.
 
-    MONAI's :func:`monai.bundle.verify_metadata` skips the download when ``filepath`` exists; no hash
-    is checked (the project-monai.github.io copy of a schema differs byte-wise from MONAI's pinned one).
+    What ``python -m monai.bundle verify_metadata --filepath <schema_file>`` does (no download as the
+    file exists; no hash check, as MONAI's pinned copy differs byte-wise from the published one), plus
+    model-zoo CI's rule that ``version`` is a key of ``changelog``.
 
     Args:
         bundle_dir: root folder of the bundle (the one holding ``configs/``).
@@ -48,8 +45,7 @@ def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.
     Raises:
         FileNotFoundError: when the bundle folder, its metadata file or ``schema_file`` is missing.
         ImportError: when ``jsonschema`` is not installed (MONAI would fail with an unrelated ``TypeError``).
-        ValueError: when the metadata is not valid JSON, fails the schema, or its ``version`` is
-            missing from ``changelog``.
+        ValueError: when the metadata is not valid JSON, fails the schema, or lacks its version in ``changelog``.
     """
     meta = metadata_file(bundle_dir)
     schema = Path(schema_file)
@@ -78,11 +74,6 @@ def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.
         )
 
 
-def _hash_ids(config_id: str) -> str:
-    """A MONAI config id with ``#`` separators (MONAI 1.6 stores them as ``::``)."""
-    return config_id.replace("::", "#")
-
-
 def _check_reference_slots(workflow: Any) -> None:
     """Raise a clear ``ValueError`` for config shapes that make MONAI 1.6.1's ``check_properties`` crash.
 
@@ -90,8 +81,9 @@ def _check_reference_slots(workflow: Any) -> None:
     dict or number there raises ``AttributeError``) and reads ``h["_target_"]`` of every
     ``train#handlers`` entry (a string there raises ``TypeError``).
     """
-    parser = workflow.parser
+    parser, properties = workflow.parser, workflow.properties
     handlers_id = "train#handlers"
+    slots = []  # (config id, its value, property name) of every slot MONAI reads as a reference
     if workflow.workflow_type == "train" and handlers_id in parser:
         handlers = parser[handlers_id]
         if not isinstance(handlers, list) or any(not isinstance(h, dict) or "_target_" not in h for h in handlers):
@@ -100,26 +92,20 @@ def _check_reference_slots(workflow: Any) -> None:
                 f"reads h['_target_'] of every entry), got {handlers!r}."
             )
         for index, handler in enumerate(handlers):
-            if handler["_target_"] != "ValidationHandler":
-                continue
-            for arg, prop_name in (("validator", "evaluator"), ("interval", "val_interval")):
-                value = handler.get(arg)
-                if value is not None and not isinstance(value, str):
-                    expected = _hash_ids(workflow.properties[prop_name][BundlePropertyConfig.ID])
-                    raise ValueError(
-                        f"config id '{handlers_id}#{index}#{arg}' of ValidationHandler holds {value!r}; "
-                        f"MONAI's check_properties expects the reference '@{expected}' (or a '$' expression)."
-                    )
-    for name, prop in workflow.properties.items():
+            if handler["_target_"] == "ValidationHandler":
+                for arg, name in (("validator", "evaluator"), ("interval", "val_interval")):
+                    slots.append((f"{handlers_id}#{index}#{arg}", handler.get(arg), name))
+    for name, prop in properties.items():
         ref_id = prop.get(BundlePropertyConfig.REF_ID)
-        if prop.get(BundleProperty.REQUIRED, False) or ref_id is None or name in ("evaluator", "val_interval"):
-            continue
-        value = parser.get(ref_id, None)
+        if ref_id is None or prop.get(BundleProperty.REQUIRED, False) or name in ("evaluator", "val_interval"):
+            continue  # MONAI reads the slots of these two from ValidationHandler (above)
+        slots.append((ref_id.replace(ID_SEP_KEY, "#"), parser.get(ref_id, None), name))
+    for config_id, value, name in slots:
         if value is not None and not isinstance(value, str):
+            expected = properties[name][BundlePropertyConfig.ID].replace(ID_SEP_KEY, "#")  # MONAI 1.6 stores '::'
             raise ValueError(
-                f"config id '{_hash_ids(ref_id)}' holds an inline {type(value).__name__}; MONAI's check_properties "
-                f"expects the reference '@{_hash_ids(prop[BundlePropertyConfig.ID])}' (property '{name}') or a '$' "
-                "expression there."
+                f"config id '{config_id}' holds an inline {type(value).__name__}; MONAI's check_properties expects "
+                f"the reference '@{expected}' (property '{name}') or a '$' expression there."
             )
 
 
@@ -129,32 +115,29 @@ def check_config_properties(
     workflow_type: str = "train",
     **override: Any,
 ) -> list[str]:
-    """The properties MONAI's ``check_properties`` reports for a bundle config, as model-zoo tests build it.
+    """The properties MONAI's ``check_properties`` reports for a bundle config, checked as model-zoo tests do.
 
-    Builds ``ConfigWorkflow(config_file=..., meta_file=<bundle>/configs/metadata.json)``, runs
-    ``initialize()`` and ``check_properties()``. Checking instantiates the properties (trainer, datasets,
-    loaders), so override ``dataset_dir``, ``bundle_root``, ``output_dir`` to real or phantom data and
-    a scratch folder. MONAI's ``logging.conf`` is not applied, so callers keep their logging setup.
+    Checking instantiates the properties (trainer, datasets, loaders), so override ``dataset_dir``,
+    ``bundle_root``, ``output_dir`` to real or phantom data and a scratch folder. The bundle's
+    ``logging.conf`` is not applied, so callers keep their logging setup.
 
     Args:
         bundle_dir: root folder of the bundle (the one holding ``configs/``).
         config_files: one config file or a sequence merged in order, relative to ``<bundle_dir>/configs``
             unless absolute, e.g. ``["train.json", "evaluate.json"]``.
-        workflow_type: ``"train"`` (also for train + evaluate, as model-zoo does) or ``"infer"`` (or
-            MONAI's aliases ``"training"``, ``"inference"``, ``"eval"``, ``"evaluation"``).
+        workflow_type: ``"train"`` (also for train + evaluate, as model-zoo does), ``"infer"`` or a MONAI alias.
         override: config ids and values, e.g. ``dataset_dir="/data/acdc"``; ``#`` separated ids need
             the ``**{"train#trainer#max_epochs": 1}`` form.
 
     Returns:
-        the required properties whose config id is absent, then those MONAI reports missing and the
-        optional ones it finds referenced under a wrong id; ``[]`` when the bundle passes.
+        the required properties that are missing, then the optional ones referenced under a wrong id;
+        ``[]`` when the bundle passes.
 
     Raises:
         FileNotFoundError: when the bundle folder, its metadata file or a config file is missing.
-        ValueError: when ``config_files`` is empty, ``workflow_type`` is not supported, or the config
-            has a shape that makes MONAI's check crash: an inline value where a referenced optional
-            property belongs (e.g. ``train#trainer#postprocessing``), or a ``train#handlers`` entry
-            without ``_target_``.
+        ValueError: when ``config_files`` is empty, ``workflow_type`` is not supported, or the config has
+            a shape that makes MONAI's check crash (an inline value where a reference belongs, e.g.
+            ``train#trainer#postprocessing``, or a ``train#handlers`` entry without ``_target_``).
     """
     from monai.bundle import ConfigWorkflow
 
@@ -168,11 +151,7 @@ def check_config_properties(
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist (bundle {root}).")
     workflow = ConfigWorkflow(
-        config_file=[str(c) for c in configs],
-        meta_file=str(meta),
-        logging_file=False,
-        workflow_type=workflow_type,
-        **override,
+        [str(c) for c in configs], str(meta), logging_file=False, workflow_type=workflow_type, **override
     )
     workflow.initialize()
     _check_reference_slots(workflow)

@@ -1,11 +1,7 @@
-"""Write the three MONAI bundles (``bundles/<name>/``) from one template and the dataset specs.
+"""Write the MONAI bundles (``bundles/<name>/``) from ``plc_monai/bundle_template/`` and :mod:`plc_monai.data.specs`.
 
-Every config file has one source, ``plc_monai/bundle_template/`` (``common/`` for every bundle,
-``<name>/`` for one bundle only), filled with the values of :mod:`plc_monai.data.specs`; the output
-is committed. Usage and placeholder syntax: docs/training.md ("Changing the bundles")::
-
-    python -m plc_monai.bundle_gen            # rewrite the files that changed
-    python -m plc_monai.bundle_gen --check    # exit 1 and list the files that differ (CI, tests)
+``python -m plc_monai.bundle_gen [--check]``; the template layout and placeholder syntax are described in
+docs/training.md ("Changing the bundles").
 """
 
 from __future__ import annotations
@@ -38,14 +34,20 @@ _NAME = r"[a-z_][a-z0-9_]*"
 _WHOLE = re.compile(r'"\{\{(\*?)(' + _NAME + r')\}\}"')
 _INLINE = re.compile(r"\{\{(" + _NAME + r")\}\}")
 _LEFTOVER = re.compile(r"\{\{|\}\}")
+_SPEC_FIELDS = (
+    "name", "dataset_dir", "inference_dir", "inference_exclude", "inference_channels", "title", "task", "summary",
+    "data_source", "image_description", "references",
+)
+_DATASET_FIELDS = ("class_names", "num_classes", "spacing_mm", "modality")
 
 
 def template_values(spec: BundleSpec) -> dict[str, Any]:
     """The placeholder values of one bundle: ``{placeholder name: value}``.
 
-    ``class_list`` is ``"0: background, 1: ..."`` with a raw label value that differs from the class
-    index added in brackets; ``channel_def`` is ``{"0": "background", ...}``; ``crop_size`` is one
-    side of the square crop; the other values are the spec's and its ``dataset``'s fields.
+    The fields of the spec named in :data:`_SPEC_FIELDS` and of its ``dataset`` in :data:`_DATASET_FIELDS`
+    (``label_raw_values`` is ``raw_label_values``), plus ``crop_size`` (one side of the square crop),
+    ``class_list`` (``"0: background, 1: ..."``, a raw label value that differs from the class index in
+    brackets), ``channel_def`` (``{"0": "background", ...}``) and ``plc_monai_version``.
     """
     import plc_monai
 
@@ -55,25 +57,12 @@ def template_values(spec: BundleSpec) -> dict[str, Any]:
         for index, (description, raw) in enumerate(zip(spec.class_descriptions, data.raw_label_values))
     )
     return {
-        "name": spec.name,
-        "class_names": list(data.class_names),
-        "num_classes": data.num_classes,
-        "label_raw_values": list(data.raw_label_values),
-        "spacing_mm": data.spacing_mm,
+        **{name: getattr(spec, name) for name in _SPEC_FIELDS},
+        **{name: getattr(data, name) for name in _DATASET_FIELDS},
+        "label_raw_values": data.raw_label_values,
         "crop_size": data.crop_size[0],
-        "modality": data.modality,
-        "dataset_dir": spec.dataset_dir,
-        "inference_dir": spec.inference_dir,
-        "inference_exclude": list(spec.inference_exclude),
-        "inference_channels": spec.inference_channels,
-        "title": spec.title,
-        "task": spec.task,
-        "summary": spec.summary,
-        "data_source": spec.data_source,
-        "image_description": spec.image_description,
         "class_list": class_list,
         "channel_def": {str(i): name for i, name in enumerate(spec.channel_names)},
-        "references": list(spec.references),
         "plc_monai_version": plc_monai.__version__,
     }
 
@@ -91,9 +80,8 @@ def render(text: str, values: Mapping[str, Any], source: str = "<template>", is_
         text: the template file's content.
         values: placeholder values (see :func:`template_values`).
         source: the file's name, for error messages.
-        is_json: JSON file: ``"{{name}}"`` becomes the value as JSON, ``"{{*name}}"`` splices a list's
-            items, inline ``{{name}}`` is escaped as string content, and the result must parse.
-            ``False``: only inline placeholders, replaced by plain text.
+        is_json: JSON file (whole-string and spliced placeholders, escaped inline text, the result
+            must parse); ``False``: only inline placeholders, replaced by plain text.
 
     Raises:
         ValueError: for an unknown placeholder, a splice of something that is not a non-empty list,
@@ -133,10 +121,7 @@ def _files_under(folder: Path) -> list[Path]:
 
 
 def render_bundle(name: str, template_dir: str | Path = TEMPLATE_DIR) -> dict[str, str]:
-    """Every generated file of bundle ``name`` (``acdc``, ``prostate`` or ``mmwhs``).
-
-    Returns:
-        ``{path relative to the bundle folder: content}``; ``<name>/`` files override ``common/`` ones.
+    """Every generated file of bundle ``name``: ``{path relative to the bundle folder: content}``.
 
     Raises:
         ValueError: for an unknown bundle or a template error (see :func:`render`).
@@ -160,12 +145,9 @@ def render_bundle(name: str, template_dir: str | Path = TEMPLATE_DIR) -> dict[st
 
 @dataclass(frozen=True)
 class BundleDifference:
-    """One file whose committed content is not what the template gives.
+    """A bundle file that is not what the template gives.
 
-    Attributes:
-        path: the file in the bundle folder.
-        kind: ``"changed"``, ``"missing"`` or ``"stale"`` (a file in a generated folder, e.g.
-            ``configs/``, that the template does not produce).
+    ``kind``: ``"changed"``, ``"missing"`` or ``"stale"`` (in ``configs/`` but not produced by the template).
     """
 
     path: Path
@@ -197,10 +179,9 @@ def compare_bundle(
 def write_bundle(
     name: str, bundles_dir: str | Path = DEFAULT_BUNDLES_DIR, template_dir: str | Path = TEMPLATE_DIR
 ) -> list[BundleDifference]:
-    """Write the generated files of bundle ``name`` that differ (each atomically); delete nothing.
+    """Write the generated files of bundle ``name`` that differ (atomically); return what differed before.
 
-    Returns:
-        what differed before writing; entries of kind ``"stale"`` are still there (delete them by hand).
+    Stale files are reported, never deleted.
     """
     root = Path(bundles_dir) / name
     differences = compare_bundle(name, bundles_dir, template_dir)
@@ -212,11 +193,7 @@ def write_bundle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plc_monai.bundle_gen [--check] [--bundles-dir DIR] [name ...]``.
-
-    Returns:
-        0, or 1 when ``--check`` found differences or a stale file remains.
-    """
+    """``python -m plc_monai.bundle_gen [--check] [--bundles-dir DIR] [name ...]``; 1 if a file differs or is stale."""
     parser = argparse.ArgumentParser(
         prog="python -m plc_monai.bundle_gen",
         description="Write bundles/<name>/ from plc_monai/bundle_template/ and plc_monai/data/specs.py.",
@@ -225,20 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     parser.add_argument("--bundles-dir", default=str(DEFAULT_BUNDLES_DIR), help="folder holding the bundles")
     args = parser.parse_args(argv)
-    status = 0
     action = compare_bundle if args.check else write_bundle
-    for name in args.names or sorted(BUNDLES):
-        for diff in action(name, args.bundles_dir):
-            if diff.kind == "stale":
-                status = 1
-                outcome = "not generated by the template; delete it or add it to the template"
-            else:
-                status = max(status, int(args.check))
-                outcome = "differs" if args.check else "written"
-            print(f"{diff} ({outcome})")
-    if args.check and status == 0:
+    differences = [diff for name in args.names or sorted(BUNDLES) for diff in action(name, args.bundles_dir)]
+    for diff in differences:
+        if diff.kind == "stale":
+            print(f"{diff} (not generated by the template; delete it or add it to the template)")
+        else:
+            print(f"{diff} ({'differs' if args.check else 'written'})")
+    if args.check and not differences:
         print("bundles are up to date with the template")
-    return status
+    return int(any(args.check or diff.kind == "stale" for diff in differences))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,7 @@ def bundle_dir(dataset: str) -> Path:
 
 
 def demo_config() -> Path:
-    """``bundles/acdc/configs/demo.json``: the demo's short CPU schedule and network size, merged after ``train.json``.
-
-    It holds plain values only, so ``json.loads`` of it also serves as a dict of bundle overrides.
+    """``bundles/acdc/configs/demo.json``: the demo's CPU schedule, plain values merged after ``train.json``.
 
     Raises:
         FileNotFoundError: when the ACDC bundle or its ``demo.json`` is not found.
@@ -86,7 +83,7 @@ def phantom(
 def check_data(dataset: str, dataset_dir: str, **reader_options: Any) -> None:
     """Read and validate every volume of ``dataset_dir`` with the ``dataset`` reader; print a summary.
 
-    Exits with an error naming every bad file when the folder does not match the layout.
+    Raises an error naming every bad file when the folder does not match the layout.
     """
     from plc_monai.data.readers import read_datalist
 
@@ -102,9 +99,7 @@ def prepare(
 ) -> None:
     """Preprocess a dataset once into the bundle's cache (N4, normalisation, resampling, crop).
 
-    Uses the bundle's own ``train.json`` (its ``data`` split and ``train#preprocessing``), so the files
-    written are exactly the ones ``run training`` / ``evaluate`` look up: a later run starts without
-    recomputing N4. Volumes are processed one at a time and each cache file appears atomically.
+    Uses the bundle's own ``data`` split and ``train#preprocessing``, so a later run finds every volume cached.
 
     Args:
         bundle: a bundle folder (``bundles/acdc``) or a dataset name (``acdc``, ``prostate``, ``mmwhs``).
@@ -112,17 +107,12 @@ def prepare(
         cache_dir: where to cache (overrides the bundle's ``cache_dir``).
         overrides: any other bundle id, e.g. ``--split random --n4 False``.
     """
-    from monai.bundle import ConfigParser
-
     from plc_monai.data.preprocessing import AtomicPersistentDataset, hash_transforms
+    from plc_monai.experiments.runs import bundle_parser
 
     root = Path(bundle) if Path(bundle, "configs").is_dir() else bundle_dir(bundle)
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "train.json"))
-    parser["bundle_root"] = str(root)
-    for key, value in {"dataset_dir": dataset_dir, "cache_dir": cache_dir, **overrides}.items():
-        if value is not None:
-            parser[key] = value
+    settings = {"bundle_root": str(root), "dataset_dir": dataset_dir, "cache_dir": cache_dir, **overrides}
+    parser = bundle_parser([root / "configs" / "train.json"], {k: v for k, v in settings.items() if v is not None})
     data = parser.get_parsed_content("data")
     transform = parser.get_parsed_content("train#preprocessing")
     cache = parser.get_parsed_content("cache_dir")
@@ -137,19 +127,11 @@ def prepare(
 
 
 def _run(cmd: list[str], log_file: Path) -> None:
-    """Run a bundle command with :data:`DEMO_MALLOC_TUNABLES`; its output to ``log_file``, a summary to the terminal."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    """Run a bundle command with :data:`DEMO_MALLOC_TUNABLES`; its output to ``log_file``, progress to the terminal."""
+    from plc_monai.experiments.worker import run_logged
+
     print("$ " + " ".join(cmd[1:]), flush=True)
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={"GLIBC_TUNABLES": DEMO_MALLOC_TUNABLES, **os.environ, "PYTHONUNBUFFERED": "1"})
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if " - INFO - " in line and any(word in line for word in ("iteration", "best", "refresh", "Metrics")):
-                print("   " + line.split(" - INFO - ", 1)[-1].rstrip(), flush=True)
-        if proc.wait() != 0:
-            raise RuntimeError(f"bundle command failed (exit {proc.returncode}); full log: {log_file}")
+    run_logged(cmd, log_file, echo=True, env={"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", DEMO_MALLOC_TUNABLES)})
 
 
 def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **overrides: Any) -> None:

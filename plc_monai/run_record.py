@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import monai
+import torch
+
+import plc_monai
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.runtime import is_main_process
 
@@ -42,11 +46,6 @@ def write_run_info(
     """
     if not is_main_process() or os.environ.get("RANK", "0") != "0":
         return None
-    import monai
-    import torch
-
-    import plc_monai
-
     path = Path(output_dir) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     # as JSON reads it back (tuples as lists, other objects as text), to compare with the previous record
