@@ -1,9 +1,6 @@
 """plc_monai: local pixel-contrastive loss with pseudo-label self-training, as a MONAI plug-in.
 
-The reusable components (:class:`~plc_monai.networks.ContrastiveHeadUNet`,
-:class:`~plc_monai.losses.PixelContrastiveLoss`, :class:`~plc_monai.handlers.PseudoLabelRefresh`,
-:class:`~plc_monai.pseudo_labels.PseudoLabelStore`) are imported lazily, so ``import plc_monai``
-stays cheap and importing the loss does not pull in Ignite.
+The reusable components below are imported lazily: ``import plc_monai`` stays cheap, the loss does not pull in Ignite.
 """
 
 from __future__ import annotations

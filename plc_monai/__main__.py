@@ -32,8 +32,7 @@ def command_help(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command named in ``argv`` (default: the process arguments).
 
-    ``<command> --help`` (or ``-h``) anywhere before a ``--`` prints that command's help and runs nothing
-    (fire alone would pass it to a command's ``**overrides`` and run it).
+    ``<command> --help``/``-h`` before any ``--`` prints its help only (fire would pass it to ``**overrides``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:

@@ -1,7 +1,4 @@
-"""Ignite's ``Events`` and ``Engine``, imported in one place and optional at import time, as in MONAI.
-
-Importing ``plc_monai`` works without Ignite; the first use of ``Events``/``Engine`` says that it is missing.
-"""
+"""Ignite's ``Events`` and ``Engine`` in one place, optional at import time as in MONAI (first use says if missing)."""
 
 from __future__ import annotations
 

@@ -20,14 +20,11 @@ def metadata_file(bundle_dir: str | os.PathLike) -> Path:
     """The path of ``<bundle_dir>/configs/metadata.json``.
 
     Raises:
-        FileNotFoundError: when ``bundle_dir`` is not a folder or has no ``configs/metadata.json``.
+        FileNotFoundError: when there is no such file.
     """
-    root = Path(bundle_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"bundle folder {root} does not exist or is not a folder.")
-    meta = root / "configs" / "metadata.json"
+    meta = Path(bundle_dir) / "configs" / "metadata.json"
     if not meta.is_file():
-        raise FileNotFoundError(f"bundle folder {root} has no configs/metadata.json (expected {meta}).")
+        raise FileNotFoundError(f"bundle folder {bundle_dir} does not exist or has no configs/metadata.json ({meta}).")
     return meta
 
 
@@ -157,17 +154,8 @@ def check_config_properties(
     _check_reference_slots(workflow)
     # MONAI 1.6.1's check_properties raises KeyError when a required property's id is absent (its
     # `hasattr` probe swallows AttributeError only): report those here, let MONAI check the rest.
-    properties = workflow.properties
-    absent = [
-        name
-        for name, prop in properties.items()
-        if prop.get(BundleProperty.REQUIRED, False)
-        and prop.get(BundlePropertyConfig.ID) is not None
-        and prop[BundlePropertyConfig.ID] not in workflow.parser
-    ]
-    workflow.properties = {name: prop for name, prop in properties.items() if name not in absent}
-    try:
-        reported = workflow.check_properties() or []
-    finally:
-        workflow.properties = properties
-    return absent + list(reported)
+    props = workflow.properties
+    required = {name: p.get(BundlePropertyConfig.ID) for name, p in props.items() if p.get(BundleProperty.REQUIRED)}
+    absent = [name for name, id_ in required.items() if id_ is not None and id_ not in workflow.parser]
+    workflow.properties = {name: p for name, p in props.items() if name not in absent}
+    return absent + list(workflow.check_properties() or [])

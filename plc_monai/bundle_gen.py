@@ -18,10 +18,8 @@ from typing import Any
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.data.specs import BUNDLES, BundleSpec, get_bundle_spec
 
-__all__ = [
-    "TEMPLATE_DIR", "DEFAULT_BUNDLES_DIR", "GENERATED_FOLDERS", "BundleDifference", "template_values", "render",
-    "render_bundle", "compare_bundle", "write_bundle", "main",
-]
+__all__ = ["TEMPLATE_DIR", "DEFAULT_BUNDLES_DIR", "GENERATED_FOLDERS", "BundleDifference", "template_values", "render",
+           "render_bundle", "compare_bundle", "write_bundle", "main"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "bundle_template"
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"

@@ -11,10 +11,8 @@ from typing import Any
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.reports import format_mean_std, markdown_table
 
-__all__ = [
-    "phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_config", "format_comparison",
-    "DEMO_MALLOC_TUNABLES",
-]
+__all__ = ["phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_config", "format_comparison",
+           "DEMO_MALLOC_TUNABLES"]
 
 # glibc malloc settings for the demo's bundle processes (freed memory kept for reuse; see
 # docs/troubleshooting.md); a GLIBC_TUNABLES of the caller's own wins.
@@ -74,8 +72,7 @@ def phantom(
     """
     from plc_monai.data.phantom import write_phantom_dataset
 
-    size = None if image_size is None else tuple(image_size)
-    folder = write_phantom_dataset(dataset, out, num_subjects=num_subjects, seed=seed, image_size=size,
+    folder = write_phantom_dataset(dataset, out, num_subjects=num_subjects, seed=seed, image_size=image_size,
                                    num_slices=num_slices, overwrite=overwrite)
     print(folder)
 
@@ -159,13 +156,8 @@ def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **o
     print(f"SYNTHETIC phantom ACDC data: {data_dir}")
     run_dir = out_dir / "run"
     settings = {
-        "split_seed": seed,
-        "seed": seed,
-        "bundle_root": str(bundle),
-        "dataset_dir": str(data_dir / "training"),
-        "output_dir": str(run_dir),
-        "ckpt_dir": str(run_dir / "models"),
-        "cache_dir": str(out_dir / "cache"),
+        "split_seed": seed, "seed": seed, "bundle_root": str(bundle), "dataset_dir": str(data_dir / "training"),
+        "output_dir": str(run_dir), "ckpt_dir": str(run_dir / "models"), "cache_dir": str(out_dir / "cache"),
         **overrides,
     }
     train_files = [bundle / "configs" / "train.json", demo_config()]

@@ -1,9 +1,6 @@
-"""Start-up checks of a training configuration that span several config ids.
+"""Start-up checks of a training configuration that span several config ids (no single constructor sees them).
 
-Each component checks its own arguments in its constructor; :func:`check_training_config` checks what
-none of them can see (crop size against network depth, schedule and batch layout, split choice,
-boolean switches), from the bundles' ``initialize`` list before any data is read. See
-docs/troubleshooting.md ("Config values") for every message.
+Run from the bundles' ``initialize`` list before any data is read; docs/troubleshooting.md lists every message.
 """
 
 from __future__ import annotations
@@ -41,10 +38,8 @@ def _crop_problems(crop_size: Any, network: Any) -> list[str]:
     sizes = list(crop_size) if is_list else [crop_size]
     if not sizes or not all(_is_int(s) and s > 0 for s in sizes):
         return [f"'crop_size' = {crop_size!r}: expected a positive integer (or a list of them)"]
-    divisor = getattr(network, "divisor", None)
-    if not _is_int(divisor) or divisor < 1:
-        return []  # a network that does not state its input constraint: nothing to compare with
-    bad = [s for s in sizes if s % divisor]
+    divisor = getattr(network, "divisor", None)  # a network without one states no input constraint
+    bad = [s for s in sizes if s % divisor] if _is_int(divisor) and divisor >= 1 else []
     if not bad:
         return []
     depth = divisor.bit_length() - 1
@@ -57,8 +52,8 @@ def _crop_problems(crop_size: Any, network: Any) -> list[str]:
 
 def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[str]:
     """The split choice exists: paper setting/combo of the dataset, a ``trN`` setting, or a readable split file."""
-    if not isinstance(split, str):
-        return [f"'split' = {split!r}: expected 'paper', 'random' or the path of a split .json file"]
+    if not isinstance(split, str) or not (split in SPLIT_CHOICES or split.endswith(".json")):
+        return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
     if split == "paper":
         from plc_monai.data.splits import PAPER_SPLIT_DATASETS, list_paper_settings
 
@@ -76,15 +71,13 @@ def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[
         if not isinstance(setting, str) or not _SETTING.match(setting):
             return [f"'setting' = {setting!r}: a random split needs 'trN' (N >= 1 labeled volumes), e.g. 'tr1', 'tr8'"]
         return []
-    if split.endswith(".json"):
-        from plc_monai.data.splits import load_split
+    from plc_monai.data.splits import load_split
 
-        try:
-            load_split(split)
-        except (FileNotFoundError, ValueError) as err:
-            return [f"'split' = {split!r}: {err}"]
-        return []
-    return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
+    try:
+        load_split(split)
+    except (FileNotFoundError, ValueError) as err:
+        return [f"'split' = {split!r}: {err}"]
+    return []
 
 
 def check_training_config(
