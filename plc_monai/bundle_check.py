@@ -31,9 +31,8 @@ def metadata_file(bundle_dir: str | os.PathLike) -> Path:
 def verify_bundle_metadata(bundle_dir: str | os.PathLike, schema_file: str | os.PathLike) -> None:
     """Validate ``<bundle_dir>/configs/metadata.json`` against a local JSON schema file, offline.
 
-    What ``python -m monai.bundle verify_metadata --filepath <schema_file>`` does (no download as the
-    file exists; no hash check, as MONAI's pinned copy differs byte-wise from the published one), plus
-    model-zoo CI's rule that ``version`` is a key of ``changelog``.
+    ``python -m monai.bundle verify_metadata --filepath <schema_file>`` (no download, no hash check: MONAI's pinned
+    copy differs byte-wise from the published one), plus model-zoo CI's rule that ``version`` is in ``changelog``.
 
     Args:
         bundle_dir: root folder of the bundle (the one holding ``configs/``).

@@ -42,10 +42,9 @@ _DATASET_FIELDS = ("class_names", "num_classes", "spacing_mm", "modality")
 def template_values(spec: BundleSpec) -> dict[str, Any]:
     """The placeholder values of one bundle: ``{placeholder name: value}``.
 
-    The fields of the spec named in :data:`_SPEC_FIELDS` and of its ``dataset`` in :data:`_DATASET_FIELDS`
-    (``label_raw_values`` is ``raw_label_values``), plus ``crop_size`` (one side of the square crop),
-    ``class_list`` (``"0: background, 1: ..."``, a raw label value that differs from the class index in
-    brackets), ``channel_def`` (``{"0": "background", ...}``) and ``plc_monai_version``.
+    The spec's fields in ``_SPEC_FIELDS``, its dataset's in ``_DATASET_FIELDS`` and ``label_raw_values``; ``crop_size``
+    (one side of the square crop); ``class_list`` (``"0: background, 1: ..."``, a raw label value that differs from
+    the class index in brackets); ``channel_def`` (``{"0": "background", ...}``); ``plc_monai_version``.
     """
     import plc_monai
 

@@ -56,10 +56,7 @@ def phantom(
     num_slices: int | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Command-line entry: write a SYNTHETIC phantom dataset and print its folder.
-
-    Wraps :func:`plc_monai.data.phantom.write_phantom_dataset` (which raises ``ValueError`` or
-    ``FileExistsError`` for bad input).
+    """Write a SYNTHETIC phantom dataset with :func:`plc_monai.data.phantom.write_phantom_dataset`; print its folder.
 
     Args:
         dataset: ``"acdc"``, ``"prostate"`` or ``"mmwhs"``.
@@ -134,10 +131,9 @@ def _run(cmd: list[str], log_file: Path) -> None:
 def demo(out: str = "plc_monai_demo", num_subjects: int = 12, seed: int = 0, **overrides: Any) -> None:
     """The embedded default: train and evaluate the ACDC bundle on SYNTHETIC phantom data on a CPU.
 
-    Writes phantom ACDC subjects into ``<out>/data``, runs ``python -m monai.bundle run training`` with
-    ``train.json`` + :func:`demo_config`, then evaluates the best warm-up model (supervised baseline)
-    and the final model on the test subjects and prints (and writes to ``<out>/eval/comparison.md``)
-    Dice per structure for both.
+    Writes phantom ACDC subjects into ``<out>/data``, trains with ``train.json`` + :func:`demo_config`, evaluates
+    the best warm-up model (supervised baseline) and the final model on the test subjects, and prints (and writes
+    to ``<out>/eval/comparison.md``) Dice per structure for both.
 
     Args:
         out: output folder (data, run, evaluation, logs).

@@ -104,11 +104,9 @@ def check_training_config(
     ``ceil(total / val_interval) * val_interval`` iterations.
 
     Args:
-        network: the built ``network_def``; its ``divisor`` (``2 ** poolings``) must divide ``crop_size``.
-            A network without ``divisor`` is not checked.
+        network: the built ``network_def``; its ``divisor`` (``2 ** poolings``), if any, must divide ``crop_size``.
         crop_size: in-plane crop size, an int or a list of ints.
-        contrastive_loss: the built ``contrastive_loss`` (or ``None``); with ``matching="inter"``, a
-            positive ``lambda_cont`` and a joint phase, ``batch_size`` must be even.
+        contrastive_loss: the built ``contrastive_loss`` or ``None``; ``matching="inter"`` needs an even ``batch_size``.
         lambda_cont: weight of the contrastive loss, finite and >= 0.
         warmup_iterations: iterations of step 1, >= 0.
         num_rounds: pseudo-label rounds of step 2, >= 0.
@@ -120,8 +118,7 @@ def check_training_config(
         split: ``"paper"``, ``"random"`` or a split file path.
         setting: e.g. ``"tr1"``: a paper setting of the dataset, or ``trN`` for random splits.
         combo: paper combination of the setting, e.g. ``"c1"``.
-        switches: on/off values by id (``n4``, ``resume``, ``amp``, ...), each a real boolean (on the
-            command line ``--n4 false`` arrives as the truthy string ``'false'``).
+        switches: on/off values by id (``n4``, ``amp``, ...), each a real bool (``--n4 false`` is a string).
 
     Raises:
         ConfigValueError: (a ``ValueError``) naming every invalid config id, its value and what is expected.
@@ -131,37 +128,26 @@ def check_training_config(
     if dataset_name not in DATASET_CHOICES:
         problems.append(f"'dataset_name' = {dataset!r}: expected one of {list(DATASET_CHOICES)}")
     problems += _crop_problems(crop_size, network)
-    schedule = []
-    for name, value, minimum in (
-        ("warmup_iterations", warmup_iterations, 0),
-        ("num_rounds", num_rounds, 0),
-        ("pseudo_label_interval", pseudo_label_interval, 1),
-        ("val_interval", val_interval, 1),
-        ("batch_size", batch_size, 1),
-    ):
-        if not _is_int(value) or value < minimum:
-            schedule.append(f"'{name}' = {value!r}: expected an integer >= {minimum}")
+    counts = {"warmup_iterations": (warmup_iterations, 0), "num_rounds": (num_rounds, 0),
+              "pseudo_label_interval": (pseudo_label_interval, 1), "val_interval": (val_interval, 1),
+              "batch_size": (batch_size, 1)}  # name: (value, minimum)
+    schedule = [f"'{name}' = {value!r}: expected an integer >= {minimum}"
+                for name, (value, minimum) in counts.items() if not _is_int(value) or value < minimum]
     if isinstance(lambda_cont, bool) or not isinstance(lambda_cont, Real) or not 0 <= lambda_cont < math.inf:
-        schedule.append(
-            f"'lambda_cont' = {lambda_cont!r}: expected a finite number >= 0 (0 disables the contrastive loss)"
-        )
+        schedule.append(f"'lambda_cont' = {lambda_cont!r}: expected a finite number >= 0 "
+                        "(0 disables the contrastive loss)")
     if not schedule:  # the rules below combine these values
         if not _is_int(labeled_per_batch) or not 1 <= labeled_per_batch <= batch_size:
-            schedule.append(
-                f"'labeled_per_batch' = {labeled_per_batch!r}: expected an integer in [1, batch_size = {batch_size}]"
-            )
+            schedule.append(f"'labeled_per_batch' = {labeled_per_batch!r}: "
+                            f"expected an integer in [1, batch_size = {batch_size}]")
         joint = num_rounds * pseudo_label_interval
         total = warmup_iterations + joint
         if total < 1:
-            schedule.append(
-                f"'warmup_iterations' + 'num_rounds' * 'pseudo_label_interval' = {total}: "
-                "expected at least 1 iteration"
-            )
+            schedule.append(f"'warmup_iterations' + 'num_rounds' * 'pseudo_label_interval' = {total}: "
+                            "expected at least 1 iteration")
         if joint > 0 and getattr(contrastive_loss, "matching", None) == "inter" and lambda_cont > 0 and batch_size % 2:
-            schedule.append(
-                f"'batch_size' = {batch_size}: 'matching' = 'inter' pairs slice b with b + B/2 in the joint batch, "
-                "so the batch size must be even"
-            )
+            schedule.append(f"'batch_size' = {batch_size}: 'matching' = 'inter' pairs slice b with b + B/2 "
+                            "in the joint batch, so the batch size must be even")
         if total >= 1 and total % val_interval:
             _LOGGER.warning(
                 f"'val_interval' = {val_interval} does not divide the {total} scheduled iterations: "
@@ -169,12 +155,11 @@ def check_training_config(
                 "(the joint phase gets the extra ones)."
             )
     problems += schedule + _split_problems(split, setting, combo, dataset_name)
-    for name, value in (switches or {}).items():
-        if not isinstance(value, bool):
-            problems.append(
-                f"'{name}' = {value!r}: expected True or False (on the command line write --{name} True or False, "
-                "capitalised: a lower-case 'false' is a non-empty string and would count as on)"
-            )
+    problems += [
+        f"'{name}' = {value!r}: expected True or False (on the command line write --{name} True or False, "
+        "capitalised: a lower-case 'false' is a non-empty string and would count as on)"
+        for name, value in (switches or {}).items() if not isinstance(value, bool)
+    ]
     if problems:
         body = "\n".join(f"  - {p}" for p in problems)
         raise ConfigValueError(f"{len(problems)} invalid training config value(s):\n{body}")

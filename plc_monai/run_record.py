@@ -47,7 +47,6 @@ def write_run_info(
     if not is_main_process() or os.environ.get("RANK", "0") != "0":
         return None
     path = Path(output_dir) / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
     # as JSON reads it back (tuples as lists, other objects as text), to compare with the previous record
     record: dict[str, Any] = json.loads(json.dumps({"seed": seed, "config": config}, default=str))
     invocations: list = []
@@ -60,12 +59,11 @@ def write_run_info(
             invocations = list(previous.get("invocations", []))
         elif previous:
             _LOGGER.warning(f"{path} described a run with other settings; replacing it.")
-    invocations.append({
+    record["invocations"] = invocations + [{
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": [os.path.basename(sys.executable), *sys.argv],
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    })
-    record["invocations"] = invocations
+    }]
     record["versions"] = {
         "python": sys.version.split()[0], "torch": torch.__version__, "monai": monai.__version__,
         "plc_monai": plc_monai.__version__,
