@@ -1,12 +1,4 @@
-"""Command line: ``python -m plc_monai <command> --help``.
-
-Commands:
-    phantom     write a SYNTHETIC dataset in the raw layout of acdc, prostate or mmwhs
-    check_data  read and validate a dataset folder, print what was found
-    prepare     preprocess a dataset folder into the on-disk cache (N4, normalisation, resampling)
-    demo        phantom ACDC data, a short CPU training through the ACDC bundle, a Dice table
-    experiment  the paper's comparisons: every (method, combo) trained, evaluated, tabulated with figures
-"""
+"""Command line: ``python -m plc_monai <command> --help`` for the commands of :data:`COMMANDS`."""
 
 from __future__ import annotations
 
@@ -28,15 +20,9 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "experiment": experiment,
 }
 
-_HELP_FLAGS = ("--help", "-h")
-
 
 def command_help(name: str) -> str:
-    """The help text of command ``name``: its docstring and flags, as fire formats them.
-
-    Raises:
-        KeyError: when ``name`` is not a command.
-    """
+    """The help text of command ``name`` (a key of :data:`COMMANDS`): its docstring and flags, as fire formats them."""
     command = COMMANDS[name]
     fire_trace = trace.FireTrace(COMMANDS, name="plc_monai")
     fire_trace.AddAccessedProperty(command, name, [name], None, None)
@@ -46,14 +32,12 @@ def command_help(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command named in ``argv`` (default: the process arguments).
 
-    ``<command> --help`` (or ``-h``) anywhere before a ``--`` prints that command's help and runs nothing.
-    fire alone would not: a command that takes ``**overrides`` (``demo``, ``prepare``, ...) would take
-    ``--help`` as one more override and run.
+    ``<command> --help``/``-h`` before any ``--`` prints its help only (fire would pass it to ``**overrides``).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         own = args[1 : args.index("--")] if "--" in args else args[1:]
-        if any(arg in _HELP_FLAGS for arg in own):
+        if "--help" in own or "-h" in own:
             print(command_help(args[0]))
             return
     fire.Fire(COMMANDS, command=args, name="plc_monai")

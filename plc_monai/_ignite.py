@@ -1,8 +1,4 @@
-"""Ignite's ``Events`` and ``Engine`` for the package's engines and handlers, imported in one place.
-
-As in MONAI, Ignite is optional at import time (``monai.utils.optional_import``): importing
-``plc_monai`` works without it and the first use of ``Events``/``Engine`` says that it is missing.
-"""
+"""Ignite's ``Events`` and ``Engine`` in one place, optional at import time as in MONAI (first use says if missing)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
 """Write files so that no half-written file is ever visible: temp file in the same folder, then rename.
 
-A crash, a full disk or a killed job leaves either the previous file or the new one, never a
-truncated mix. Every file the package writes (checkpoints, caches, splits, reports, phantoms,
-pseudo-labels) goes through :func:`atomic_write`.
+A crash, a full disk or a killed job leaves either the previous file or the new one, never a truncated mix.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -16,13 +15,12 @@ from typing import IO, Any
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mode: int | None = None) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, flush it to disk, rename it to ``path``.
 
     Args:
         path: the final file; its folder is created if needed.
         write: writes the content to the open binary file object it is given.
-        mode: permission bits of the final file (``mkstemp`` creates 0600); default: 0666 minus the umask.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -35,15 +33,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], mod
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        umask = os.umask(0)  # mkstemp creates 0600: give the file the usual 0666 minus the umask
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -60,8 +55,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (no NaN) to ``path`` atomically."""
-    import json
-
     return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 

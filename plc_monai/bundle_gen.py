@@ -1,28 +1,7 @@
-"""Write the three MONAI bundles (``bundles/<name>/``) from one template and the dataset specs.
+"""Write the MONAI bundles (``bundles/<name>/``) from ``plc_monai/bundle_template/`` and :mod:`plc_monai.data.specs`.
 
-The bundles differ only in dataset values (classes, raw label values, spacing, crop size, default
-folders, metadata text), so every config file has one source: the template folder
-``plc_monai/bundle_template/``. ``common/`` holds the files of every bundle, ``<name>/`` (optional)
-files of one bundle only (the ACDC demo's ``configs/demo.json``). The values come from
-:class:`plc_monai.data.specs.DatasetSpec` and :class:`plc_monai.data.specs.BundleSpec`.
-
-The generated files are committed, so each bundle stays self-contained for ``python -m monai.bundle``,
-MONAI Label and MONAI Deploy. After editing the template or a spec, regenerate from the repository root::
-
-    python -m plc_monai.bundle_gen            # rewrite the files that changed
-    python -m plc_monai.bundle_gen --check    # exit 1 and list the files that differ (CI, tests)
-
-``docs/README.md`` and ``docs/data_license.txt`` of each bundle are hand-written (they describe each
-dataset in prose) and are not generated.
-
-Placeholders in template files (names are keys of :func:`template_values`):
-
-- ``"{{name}}"``, a whole JSON string: replaced by the value as JSON (a list, number, ``null`` ...);
-- ``"{{*name}}"``, a whole JSON string inside a list: replaced by the list's items (spliced);
-- ``{{name}}`` inside a longer string (or in a non-JSON file): replaced by the value as text.
-
-``configs/metadata.json`` is re-indented after rendering (``json.dumps(indent=4)``, the model zoo's
-format), the other files keep the template's layout.
+``python -m plc_monai.bundle_gen [--check]``; the template layout and placeholder syntax are described in
+docs/training.md ("Changing the bundles").
 """
 
 from __future__ import annotations
@@ -39,81 +18,48 @@ from typing import Any
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.data.specs import BUNDLES, BundleSpec, get_bundle_spec
 
-__all__ = [
-    "TEMPLATE_DIR",
-    "DEFAULT_BUNDLES_DIR",
-    "GENERATED_FOLDERS",
-    "BundleDifference",
-    "template_values",
-    "render",
-    "render_bundle",
-    "compare_bundle",
-    "write_bundle",
-    "main",
-]
+__all__ = ["TEMPLATE_DIR", "DEFAULT_BUNDLES_DIR", "GENERATED_FOLDERS", "BundleDifference", "template_values", "render",
+           "render_bundle", "compare_bundle", "write_bundle", "main"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "bundle_template"
-"""The template: ``common/`` for every bundle, ``<name>/`` for bundle ``<name>`` only."""
-
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
-"""``bundles/`` of the source checkout this module belongs to."""
-
 GENERATED_FOLDERS = ("configs",)
 """Folders of a bundle that hold generated files only: any other file there is reported as stale."""
 
-#: files re-indented with ``json.dumps(indent=4)`` after rendering
+#: files re-indented with ``json.dumps(indent=4)`` (the model zoo's format) after rendering
 _REFORMATTED = frozenset({"configs/metadata.json"})
 _NAME = r"[a-z_][a-z0-9_]*"
 _WHOLE = re.compile(r'"\{\{(\*?)(' + _NAME + r')\}\}"')
 _INLINE = re.compile(r"\{\{(" + _NAME + r")\}\}")
 _LEFTOVER = re.compile(r"\{\{|\}\}")
-
-
-def _class_list(spec: BundleSpec) -> str:
-    """``"0: background, 1: ..."``; a raw label value that differs from the class index is added in brackets."""
-    items = []
-    for index, (description, raw) in enumerate(zip(spec.class_descriptions, spec.dataset.raw_label_values)):
-        suffix = f" (raw {raw})" if raw != index else ""
-        items.append(f"{index}: {description}{suffix}")
-    return ", ".join(items)
+_SPEC_FIELDS = (
+    "name", "dataset_dir", "inference_dir", "inference_exclude", "inference_channels", "title", "task", "summary",
+    "data_source", "image_description", "references",
+)
+_DATASET_FIELDS = ("class_names", "num_classes", "spacing_mm", "modality")
 
 
 def template_values(spec: BundleSpec) -> dict[str, Any]:
-    """The placeholder values of one bundle.
+    """The placeholder values of one bundle: ``{placeholder name: value}``.
 
-    Args:
-        spec: the bundle's spec (its ``dataset`` gives the dataset constants).
-
-    Returns:
-        ``{placeholder name: value}``: ``name``, ``class_names``, ``num_classes``, ``label_raw_values``,
-        ``spacing_mm``, ``crop_size`` (one side of the square crop), ``modality``, ``dataset_dir``,
-        ``inference_dir``, ``inference_exclude``, ``inference_channels``, ``title``, ``task``,
-        ``summary``, ``data_source``, ``image_description``, ``class_list`` (``"0: background, ..."``),
-        ``channel_def`` (``{"0": "background", ...}``), ``references`` and ``plc_monai_version``.
+    The spec's fields in ``_SPEC_FIELDS``, its dataset's in ``_DATASET_FIELDS`` and ``label_raw_values``; ``crop_size``
+    (one side of the square crop); ``class_list`` (``"0: background, 1: ..."``, a raw label value that differs from
+    the class index in brackets); ``channel_def`` (``{"0": "background", ...}``); ``plc_monai_version``.
     """
     import plc_monai
 
     data = spec.dataset
+    class_list = ", ".join(
+        f"{index}: {description}" + (f" (raw {raw})" if raw != index else "")
+        for index, (description, raw) in enumerate(zip(spec.class_descriptions, data.raw_label_values))
+    )
     return {
-        "name": spec.name,
-        "class_names": list(data.class_names),
-        "num_classes": data.num_classes,
-        "label_raw_values": list(data.raw_label_values),
-        "spacing_mm": data.spacing_mm,
+        **{name: getattr(spec, name) for name in _SPEC_FIELDS},
+        **{name: getattr(data, name) for name in _DATASET_FIELDS},
+        "label_raw_values": data.raw_label_values,
         "crop_size": data.crop_size[0],
-        "modality": data.modality,
-        "dataset_dir": spec.dataset_dir,
-        "inference_dir": spec.inference_dir,
-        "inference_exclude": list(spec.inference_exclude),
-        "inference_channels": spec.inference_channels,
-        "title": spec.title,
-        "task": spec.task,
-        "summary": spec.summary,
-        "data_source": spec.data_source,
-        "image_description": spec.image_description,
-        "class_list": _class_list(spec),
+        "class_list": class_list,
         "channel_def": {str(i): name for i, name in enumerate(spec.channel_names)},
-        "references": list(spec.references),
         "plc_monai_version": plc_monai.__version__,
     }
 
@@ -131,16 +77,12 @@ def render(text: str, values: Mapping[str, Any], source: str = "<template>", is_
         text: the template file's content.
         values: placeholder values (see :func:`template_values`).
         source: the file's name, for error messages.
-        is_json: the file is JSON: whole-string placeholders become JSON values, inline ones are
-            escaped as JSON string content, and the result must parse. ``False`` (``LICENSE``,
-            ``logging.conf``): only inline placeholders, replaced by plain text.
-
-    Returns:
-        the rendered text.
+        is_json: JSON file (whole-string and spliced placeholders, escaped inline text, the result
+            must parse); ``False``: only inline placeholders, replaced by plain text.
 
     Raises:
-        ValueError: for an unknown placeholder, a splice (``"{{*name}}"``) of something that is not a
-            non-empty list, braces left over after rendering, or a result that is not valid JSON.
+        ValueError: for an unknown placeholder, a splice of something that is not a non-empty list,
+            braces left over after rendering, or a result that is not valid JSON.
     """
 
     def whole(match: re.Match) -> str:
@@ -170,28 +112,13 @@ def render(text: str, values: Mapping[str, Any], source: str = "<template>", is_
     return out
 
 
-def _template_files(name: str, template_dir: Path) -> dict[str, Path]:
-    """``{relative path: template file}`` of bundle ``name``: ``common/`` then ``<name>/`` (which may override)."""
-    files: dict[str, Path] = {}
-    for folder in (template_dir / "common", template_dir / name):
-        if folder.is_dir():
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts:
-                    files[path.relative_to(folder).as_posix()] = path
-    if not files:
-        raise FileNotFoundError(f"no template files for bundle {name!r} in {template_dir} (expected common/ there)")
-    return files
+def _files_under(folder: Path) -> list[Path]:
+    """The files below ``folder``, sorted, without ``__pycache__``."""
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
 
 
 def render_bundle(name: str, template_dir: str | Path = TEMPLATE_DIR) -> dict[str, str]:
-    """Every generated file of bundle ``name``.
-
-    Args:
-        name: ``acdc``, ``prostate`` or ``mmwhs``.
-        template_dir: the template folder.
-
-    Returns:
-        ``{path relative to the bundle folder: content}``.
+    """Every generated file of bundle ``name``: ``{path relative to the bundle folder: content}``.
 
     Raises:
         ValueError: for an unknown bundle or a template error (see :func:`render`).
@@ -199,10 +126,14 @@ def render_bundle(name: str, template_dir: str | Path = TEMPLATE_DIR) -> dict[st
     """
     spec = get_bundle_spec(name)
     values = template_values(spec)
+    template_dir = Path(template_dir)
+    templates = {p.relative_to(folder).as_posix(): p for folder in (template_dir / "common", template_dir / spec.name)
+                 for p in _files_under(folder)}
+    if not templates:
+        raise FileNotFoundError(f"no template files for bundle {name!r} in {template_dir} (expected common/ there)")
     out = {}
-    for relative, path in _template_files(spec.name, Path(template_dir)).items():
-        is_json = path.suffix == ".json"
-        text = render(path.read_text(encoding="utf-8"), values, source=str(path), is_json=is_json)
+    for relative, path in templates.items():
+        text = render(path.read_text(encoding="utf-8"), values, source=str(path), is_json=path.suffix == ".json")
         if relative in _REFORMATTED:
             text = json.dumps(json.loads(text), indent=4) + "\n"
         out[relative] = text
@@ -211,12 +142,9 @@ def render_bundle(name: str, template_dir: str | Path = TEMPLATE_DIR) -> dict[st
 
 @dataclass(frozen=True)
 class BundleDifference:
-    """One file whose committed content is not what the template gives.
+    """A bundle file that is not what the template gives.
 
-    Attributes:
-        path: the file in the bundle folder.
-        kind: ``"changed"`` (content differs), ``"missing"`` (not written yet) or ``"stale"`` (a file
-            in a generated folder, e.g. ``configs/``, that the template does not produce).
+    ``kind``: ``"changed"``, ``"missing"`` or ``"stale"`` (in ``configs/`` but not produced by the template).
     """
 
     path: Path
@@ -229,11 +157,7 @@ class BundleDifference:
 def compare_bundle(
     name: str, bundles_dir: str | Path = DEFAULT_BUNDLES_DIR, template_dir: str | Path = TEMPLATE_DIR
 ) -> list[BundleDifference]:
-    """Compare ``<bundles_dir>/<name>`` with what the template gives; nothing is written.
-
-    Returns:
-        the differences (empty when the committed bundle is the generated one).
-    """
+    """The differences between ``<bundles_dir>/<name>`` and what the template gives; nothing is written."""
     root = Path(bundles_dir) / name
     files = render_bundle(name, template_dir)
     found = []
@@ -244,21 +168,17 @@ def compare_bundle(
         elif path.read_text(encoding="utf-8") != text:
             found.append(BundleDifference(path, "changed"))
     for folder in GENERATED_FOLDERS:
-        if (root / folder).is_dir():
-            for path in sorted((root / folder).rglob("*")):
-                relative = path.relative_to(root).as_posix()
-                if path.is_file() and "__pycache__" not in path.parts and relative not in files:
-                    found.append(BundleDifference(path, "stale"))
+        stale = [p for p in _files_under(root / folder) if p.relative_to(root).as_posix() not in files]
+        found += [BundleDifference(path, "stale") for path in stale]
     return found
 
 
 def write_bundle(
     name: str, bundles_dir: str | Path = DEFAULT_BUNDLES_DIR, template_dir: str | Path = TEMPLATE_DIR
 ) -> list[BundleDifference]:
-    """Write the generated files of bundle ``name`` that differ (each atomically); delete nothing.
+    """Write the generated files of bundle ``name`` that differ (atomically); return what differed before.
 
-    Returns:
-        what differed before writing; entries of kind ``"stale"`` are still there (delete them by hand).
+    Stale files are reported, never deleted.
     """
     root = Path(bundles_dir) / name
     differences = compare_bundle(name, bundles_dir, template_dir)
@@ -270,11 +190,7 @@ def write_bundle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m plc_monai.bundle_gen [--check] [--bundles-dir DIR] [name ...]``.
-
-    Returns:
-        the exit status: 0, or 1 when ``--check`` found differences or a stale file remains.
-    """
+    """``python -m plc_monai.bundle_gen [--check] [--bundles-dir DIR] [name ...]``; 1 if a file differs or is stale."""
     parser = argparse.ArgumentParser(
         prog="python -m plc_monai.bundle_gen",
         description="Write bundles/<name>/ from plc_monai/bundle_template/ and plc_monai/data/specs.py.",
@@ -283,20 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     parser.add_argument("--bundles-dir", default=str(DEFAULT_BUNDLES_DIR), help="folder holding the bundles")
     args = parser.parse_args(argv)
-    status = 0
     action = compare_bundle if args.check else write_bundle
-    for name in args.names or sorted(BUNDLES):
-        for diff in action(name, args.bundles_dir):
-            if diff.kind == "stale":
-                status = 1
-                outcome = "not generated by the template; delete it or add it to the template"
-            else:
-                status = max(status, int(args.check))
-                outcome = "differs" if args.check else "written"
-            print(f"{diff} ({outcome})")
-    if args.check and status == 0:
+    differences = [diff for name in args.names or sorted(BUNDLES) for diff in action(name, args.bundles_dir)]
+    for diff in differences:
+        if diff.kind == "stale":
+            print(f"{diff} (not generated by the template; delete it or add it to the template)")
+        else:
+            print(f"{diff} ({'differs' if args.check else 'written'})")
+    if args.check and not differences:
         print("bundles are up to date with the template")
-    return status
+    return int(any(args.check or diff.kind == "stale" for diff in differences))
 
 
 if __name__ == "__main__":

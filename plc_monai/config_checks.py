@@ -1,21 +1,6 @@
-"""Start-up checks of a training configuration that span several config ids.
+"""Start-up checks of a training configuration that span several config ids (no single constructor sees them).
 
-Each component validates its own arguments in its constructor: ``ContrastiveHeadUNet`` (widths,
-classes), ``PixelContrastiveLoss`` (``matching``, ``temperature``, ``num_samples``) and
-``SemiSupervisedTrainer``. The bundles' ``initialize`` list builds the network and the contrastive
-loss first, so their errors come before any data is read. What no single constructor can see is
-checked here, by :func:`check_training_config`, right after them:
-
-- the crop size against the network's depth (every in-plane size must survive the poolings);
-- the schedule: iteration counts and intervals, at least one iteration, ``labeled_per_batch`` within
-  ``batch_size``, an even batch where inter-image matching pairs slices in the joint phase (the
-  trainer sees these only once the data are read and the slice pools built);
-- the split choice: dataset, ``split``, ``setting`` and ``combo`` name an existing split;
-- on/off switches are real booleans (``--n4 false`` on the command line is the *string* ``'false'``).
-
-It raises one :class:`ConfigValueError` listing every problem, each with its config id, its value
-and what is expected. The run record (``run_info.json``) is written afterwards by
-:func:`plc_monai.run_record.write_run_info`.
+Run from the bundles' ``initialize`` list before any data is read; docs/troubleshooting.md lists every message.
 """
 
 from __future__ import annotations
@@ -47,19 +32,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _crop_problems(crop_size: Any, network: Any) -> list[str]:
     """Every in-plane size must be divisible by the network's ``divisor`` (``2 ** poolings``)."""
-    sizes = [crop_size] if not isinstance(crop_size, Sequence) or isinstance(crop_size, (str, bytes)) else list(crop_size)
+    is_list = isinstance(crop_size, Sequence) and not isinstance(crop_size, (str, bytes))
+    sizes = list(crop_size) if is_list else [crop_size]
     if not sizes or not all(_is_int(s) and s > 0 for s in sizes):
         return [f"'crop_size' = {crop_size!r}: expected a positive integer (or a list of them)"]
-    divisor = getattr(network, "divisor", None)
-    if not _is_int(divisor) or divisor < 1:
-        return []  # a network that does not state its input constraint: nothing to compare with
-    bad = [s for s in sizes if s % divisor]
+    divisor = getattr(network, "divisor", None)  # a network without one states no input constraint
+    bad = [s for s in sizes if s % divisor] if _is_int(divisor) and divisor >= 1 else []
     if not bad:
         return []
     depth = divisor.bit_length() - 1
@@ -70,58 +50,10 @@ def _crop_problems(crop_size: Any, network: Any) -> list[str]:
     ]
 
 
-def _schedule_problems(
-    warmup_iterations: Any,
-    num_rounds: Any,
-    pseudo_label_interval: Any,
-    val_interval: Any,
-    batch_size: Any,
-    labeled_per_batch: Any,
-    lambda_cont: Any,
-    matching: str | None,
-) -> list[str]:
-    """Iteration counts, batch composition and the inter-image pairing of the joint phase."""
-    problems = []
-    counts = (
-        ("warmup_iterations", warmup_iterations, 0),
-        ("num_rounds", num_rounds, 0),
-        ("pseudo_label_interval", pseudo_label_interval, 1),
-        ("val_interval", val_interval, 1),
-        ("batch_size", batch_size, 1),
-    )
-    for name, value, minimum in counts:
-        if not _is_int(value) or value < minimum:
-            problems.append(f"'{name}' = {value!r}: expected an integer >= {minimum}")
-    if not _is_number(lambda_cont) or not math.isfinite(lambda_cont) or lambda_cont < 0:
-        problems.append(
-            f"'lambda_cont' = {lambda_cont!r}: expected a finite number >= 0 (0 disables the contrastive loss)"
-        )
-    if problems:
-        return problems  # the rules below combine these values
-    if not _is_int(labeled_per_batch) or not 1 <= labeled_per_batch <= batch_size:
-        problems.append(f"'labeled_per_batch' = {labeled_per_batch!r}: expected an integer in [1, batch_size = {batch_size}]")
-    total = warmup_iterations + num_rounds * pseudo_label_interval
-    if total < 1:
-        problems.append(f"'warmup_iterations' + 'num_rounds' * 'pseudo_label_interval' = {total}: expected at least 1 iteration")
-    joint = num_rounds * pseudo_label_interval > 0
-    if joint and matching == "inter" and lambda_cont > 0 and batch_size % 2:
-        problems.append(
-            f"'batch_size' = {batch_size}: 'matching' = 'inter' pairs slice b with b + B/2 in the joint batch, "
-            "so the batch size must be even"
-        )
-    if total >= 1 and total % val_interval:
-        run = math.ceil(total / val_interval) * val_interval
-        _LOGGER.warning(
-            f"'val_interval' = {val_interval} does not divide the {total} scheduled iterations: "
-            f"the trainer runs {run} iterations (the joint phase gets the extra ones)."
-        )
-    return problems
-
-
 def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[str]:
     """The split choice exists: paper setting/combo of the dataset, a ``trN`` setting, or a readable split file."""
-    if not isinstance(split, str):
-        return [f"'split' = {split!r}: expected 'paper', 'random' or the path of a split .json file"]
+    if not isinstance(split, str) or not (split in SPLIT_CHOICES or split.endswith(".json")):
+        return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
     if split == "paper":
         from plc_monai.data.splits import PAPER_SPLIT_DATASETS, list_paper_settings
 
@@ -132,22 +64,20 @@ def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[
         if setting not in settings:
             return [f"'setting' = {setting!r}: not a paper setting of {dataset}; expected one of {list(settings)}"]
         if combo not in settings[setting]:
-            return [f"'combo' = {combo!r}: not a combination of {dataset} {setting}; expected one of {settings[setting]}"]
+            return [f"'combo' = {combo!r}: not a combination of {dataset} {setting}; "
+                    f"expected one of {settings[setting]}"]
         return []
     if split == "random":
         if not isinstance(setting, str) or not _SETTING.match(setting):
             return [f"'setting' = {setting!r}: a random split needs 'trN' (N >= 1 labeled volumes), e.g. 'tr1', 'tr8'"]
         return []
-    if split.endswith(".json"):
-        from plc_monai.data.splits import load_split
+    from plc_monai.data.splits import load_split
 
-        try:
-            load_split(split)
-        except (FileNotFoundError, ValueError) as err:
-            return [f"'split' = {split!r}: {err}"]
-        return []
-    return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
-
+    try:
+        load_split(split)
+    except (FileNotFoundError, ValueError) as err:
+        return [f"'split' = {split!r}: {err}"]
+    return []
 
 
 def check_training_config(
@@ -169,36 +99,26 @@ def check_training_config(
 ) -> None:
     """Check the values of a training bundle that span several ids; raise one error listing every problem.
 
-    Called from the bundles' ``initialize`` list after the network and the contrastive loss are built
-    (their constructors check their own arguments) and before any data is read. Ids of a split file
-    that are absent from the dataset folder are reported when the folder is read, also before training.
-
-    A total iteration count that is not a multiple of ``val_interval`` only logs a warning: the
-    trainer runs ``ceil(total / val_interval) * val_interval`` iterations.
+    Each argument is the config id of the same name (``dataset`` is ``dataset_name``). A total
+    iteration count that ``val_interval`` does not divide only logs a warning: the trainer runs
+    ``ceil(total / val_interval) * val_interval`` iterations.
 
     Args:
-        network: the built ``network_def``; its ``divisor`` (``2 ** poolings``, as
-            :class:`~plc_monai.networks.ContrastiveHeadUNet` has) must divide ``crop_size``. A network
-            without ``divisor`` is not checked.
-        crop_size: in-plane crop size (config id ``crop_size``), an int or a list of ints.
-        contrastive_loss: the built ``contrastive_loss`` (or ``None``); its ``matching`` decides whether
-            the joint batch is split into pairs.
-        lambda_cont: weight of the contrastive loss (``lambda_cont``); with ``matching="inter"`` and a
-            joint phase, a positive weight needs an even ``batch_size``.
-        warmup_iterations: iterations of step 1 (``warmup_iterations``).
-        num_rounds: pseudo-label rounds of step 2 (``num_rounds``).
-        pseudo_label_interval: iterations per round (``pseudo_label_interval``).
-        val_interval: iterations between validations (``val_interval``).
-        batch_size: slices per iteration (``batch_size``).
-        labeled_per_batch: labeled slices per joint iteration (``labeled_per_batch``), in ``[1, batch_size]``.
-        dataset: dataset name (``dataset_name``), one of :data:`DATASET_CHOICES`.
-        split: ``"paper"``, ``"random"`` or a split file path (``split``).
-        setting: labeled-set setting, e.g. ``"tr1"`` (``setting``): a paper setting of the dataset, or
-            ``trN`` for random splits.
-        combo: paper combination, e.g. ``"c1"`` (``combo``), one of the setting's.
-        switches: on/off config values by id (``n4``, ``resume``, ``amp``, ...), each of which must be
-            a real boolean: on the command line ``--n4 false`` arrives as the string ``'false'``,
-            which Python reads as true, so it is rejected with a hint to write ``False``.
+        network: the built ``network_def``; its ``divisor`` (``2 ** poolings``), if any, must divide ``crop_size``.
+        crop_size: in-plane crop size, an int or a list of ints.
+        contrastive_loss: the built ``contrastive_loss`` or ``None``; ``matching="inter"`` needs an even ``batch_size``.
+        lambda_cont: weight of the contrastive loss, finite and >= 0.
+        warmup_iterations: iterations of step 1, >= 0.
+        num_rounds: pseudo-label rounds of step 2, >= 0.
+        pseudo_label_interval: iterations per round, >= 1.
+        val_interval: iterations between validations, >= 1.
+        batch_size: slices per iteration, >= 1.
+        labeled_per_batch: labeled slices per joint iteration, in ``[1, batch_size]``.
+        dataset: one of :data:`DATASET_CHOICES`.
+        split: ``"paper"``, ``"random"`` or a split file path.
+        setting: e.g. ``"tr1"``: a paper setting of the dataset, or ``trN`` for random splits.
+        combo: paper combination of the setting, e.g. ``"c1"``.
+        switches: on/off values by id (``n4``, ``amp``, ...), each a real bool (``--n4 false`` is a string).
 
     Raises:
         ConfigValueError: (a ``ValueError``) naming every invalid config id, its value and what is expected.
@@ -208,17 +128,38 @@ def check_training_config(
     if dataset_name not in DATASET_CHOICES:
         problems.append(f"'dataset_name' = {dataset!r}: expected one of {list(DATASET_CHOICES)}")
     problems += _crop_problems(crop_size, network)
-    problems += _schedule_problems(
-        warmup_iterations, num_rounds, pseudo_label_interval, val_interval, batch_size, labeled_per_batch,
-        lambda_cont, getattr(contrastive_loss, "matching", None),
-    )
-    problems += _split_problems(split, setting, combo, dataset_name)
-    for name, value in (switches or {}).items():
-        if not isinstance(value, bool):
-            problems.append(
-                f"'{name}' = {value!r}: expected True or False (on the command line write --{name} True or False, "
-                "capitalised: a lower-case 'false' is a non-empty string and would count as on)"
+    counts = {"warmup_iterations": (warmup_iterations, 0), "num_rounds": (num_rounds, 0),
+              "pseudo_label_interval": (pseudo_label_interval, 1), "val_interval": (val_interval, 1),
+              "batch_size": (batch_size, 1)}  # name: (value, minimum)
+    schedule = [f"'{name}' = {value!r}: expected an integer >= {minimum}"
+                for name, (value, minimum) in counts.items() if not _is_int(value) or value < minimum]
+    if isinstance(lambda_cont, bool) or not isinstance(lambda_cont, Real) or not 0 <= lambda_cont < math.inf:
+        schedule.append(f"'lambda_cont' = {lambda_cont!r}: expected a finite number >= 0 "
+                        "(0 disables the contrastive loss)")
+    if not schedule:  # the rules below combine these values
+        if not _is_int(labeled_per_batch) or not 1 <= labeled_per_batch <= batch_size:
+            schedule.append(f"'labeled_per_batch' = {labeled_per_batch!r}: "
+                            f"expected an integer in [1, batch_size = {batch_size}]")
+        joint = num_rounds * pseudo_label_interval
+        total = warmup_iterations + joint
+        if total < 1:
+            schedule.append(f"'warmup_iterations' + 'num_rounds' * 'pseudo_label_interval' = {total}: "
+                            "expected at least 1 iteration")
+        if joint > 0 and getattr(contrastive_loss, "matching", None) == "inter" and lambda_cont > 0 and batch_size % 2:
+            schedule.append(f"'batch_size' = {batch_size}: 'matching' = 'inter' pairs slice b with b + B/2 "
+                            "in the joint batch, so the batch size must be even")
+        if total >= 1 and total % val_interval:
+            _LOGGER.warning(
+                f"'val_interval' = {val_interval} does not divide the {total} scheduled iterations: "
+                f"the trainer runs {math.ceil(total / val_interval) * val_interval} iterations "
+                "(the joint phase gets the extra ones)."
             )
+    problems += schedule + _split_problems(split, setting, combo, dataset_name)
+    problems += [
+        f"'{name}' = {value!r}: expected True or False (on the command line write --{name} True or False, "
+        "capitalised: a lower-case 'false' is a non-empty string and would count as on)"
+        for name, value in (switches or {}).items() if not isinstance(value, bool)
+    ]
     if problems:
         body = "\n".join(f"  - {p}" for p in problems)
         raise ConfigValueError(f"{len(problems)} invalid training config value(s):\n{body}")

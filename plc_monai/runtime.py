@@ -1,8 +1,4 @@
-"""Which process this is under torch.distributed, and which autocast precision a device takes.
-
-Every handler that writes files or logs asks :func:`is_main_process`; the trainer and the
-pseudo-label refresh both pick their mixed precision with :func:`autocast_dtype`.
-"""
+"""Which process this is under torch.distributed, and which autocast precision a device takes."""
 
 from __future__ import annotations
 
@@ -13,7 +9,8 @@ __all__ = ["is_main_process", "autocast_dtype"]
 
 def is_main_process() -> bool:
     """True without torch.distributed, or on rank 0 of an initialised process group."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:
