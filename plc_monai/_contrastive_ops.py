@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BLOCK", "padded_labels", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
+__all__ = ["BLOCK", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
 
 #: pixels per block in the two-step search of :func:`draw_pixels`
 BLOCK = 256
@@ -17,30 +17,25 @@ BLOCK = 256
 _BROADCAST_MAX = 4096
 
 
-def padded_labels(class_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-    """Class ids ``[B, N]`` as ``dtype`` floats padded with -1 (no class) to ``[B, N_pad]``, a whole number of
-    blocks, and the block size (at most :data:`BLOCK`)."""
+def class_masks(class_ids: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``labels [B, N_pad]``: ``class_ids [B, N]`` padded with -1 (no class) to whole blocks of at most
+    :data:`BLOCK` pixels, as floats in the dtype of the candidate ids ``classes [K]``; the candidates' one-hot
+    ``masks [B, K, N_pad]`` in that dtype; and their long pixel counts per block ``per_block [B, K, nb]``."""
     batch, n_pixels = class_ids.shape
     block = max(1, min(BLOCK, n_pixels))
     n_pad = -(-n_pixels // block) * block
     if n_pad == n_pixels:
-        return class_ids.to(dtype), block
-    labels = torch.full((batch, n_pad), -1, dtype=dtype, device=class_ids.device)
-    labels[:, :n_pixels] = class_ids
-    return labels, block
-
-
-def class_masks(labels: torch.Tensor, classes: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot masks ``[B, K, N_pad]`` (dtype of ``labels``) of the candidate classes ``[K]`` (same dtype) in
-    ``labels [B, N_pad]``, and their long pixel counts per block, ``[B, K, N_pad / block]``."""
-    batch, n_pad = labels.shape
+        labels = class_ids.to(classes.dtype)
+    else:
+        labels = torch.full((batch, n_pad), -1, dtype=classes.dtype, device=class_ids.device)
+        labels[:, :n_pixels] = class_ids
     # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
     # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
     masks = torch.empty((batch, classes.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
     torch.eq(labels[:, None, :], classes[None, :, None], out=masks)
     # float sums of at most BLOCK ones are exact
     per_block = masks.view(batch, classes.shape[0], n_pad // block, block).sum(dim=-1).long()
-    return masks, per_block
+    return labels, masks, per_block
 
 
 def draw_pixels(
@@ -59,7 +54,7 @@ def draw_pixels(
     then its position by a running count over that block only.
 
     Args:
-        labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
+        labels: ``[B, N_pad]`` float class ids from :func:`class_masks`.
         classes: ``[K]`` candidate class ids in the dtype of ``labels``.
         per_block: ``[B, K, nb]`` pixels per class and block (from :func:`class_masks`).
         n_pixels: ``N``, the number of real (unpadded) pixels.

@@ -14,7 +14,6 @@ from plc_monai._contrastive_ops import (
     class_sums_and_anchor_features,
     cosine_logits,
     draw_pixels,
-    padded_labels,
 )
 
 
@@ -55,22 +54,16 @@ class PixelContrastiveLoss(_Loss):
     pseudo-label based self-training for semi-supervised medical image segmentation.
     Medical Image Analysis. Section III, Eq. (3)-(4).
 
-    With ``m_k(x)`` the mean raw embedding over all pixels of class ``k`` in ``x``,
-    ``s(u, v) = cos(u, v) / tau`` and ``K(x)`` the candidate classes present in ``x``, an anchor ``a`` of
-    class ``c`` in ``x`` gives ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})`` (``"intra"``),
-    or with partner ``x'`` (``"inter"``, default pairs ``(p, p + B/2)``, both images anchor images)
-    ``-log(e^{s(a, m_c(x))} / den(a))`` and, when ``c`` is in ``x'``, ``-log(e^{s(a, m_c(x'))} / den(a))``,
-    where ``den(a)`` sums ``e^{s(a, m_k)}`` over the class means of both images. ``num_samples`` anchors
-    are drawn with replacement per present candidate class; absent classes are skipped (never NaN), and
-    an anchor without any negative class gives no term. Similarities are float32 (float64 stays) with
-    autocast disabled. ``"none"`` orders the terms by row (:class:`AnchorSample`), anchor (class-major),
-    then own-image before partner term; a batch without terms returns 0 attached to ``features``.
-    With ``check_inputs=False`` and reduction ``"mean"``/``"sum"`` every shape is static and nothing is
-    read on the host, so ``torch.compile(fullgraph=True)`` and CUDA graphs can capture ``forward``.
-
-    Deviations from the authors' TensorFlow code (see docs/loss.md): a plain mean over terms instead of
-    their per-pair decaying weights; any slice is accepted (absent classes skipped); a class absent from
-    the partner drops only the partner term.
+    Anchors: ``num_samples`` pixels per candidate class present in the anchor image, drawn with replacement.
+    ``m_k(x)`` is the mean raw embedding over all pixels of class ``k`` in ``x``, ``K(x)`` the candidate
+    classes present in ``x`` and ``s(a, m) = cos(a, m) / tau``. ``"inter"`` pairs ``(p, p + B/2)`` by
+    default; both images of a pair are anchor images, and a class absent from the partner drops only the
+    partner term. Absent classes are skipped (never NaN); an anchor without any negative class gives no term.
+    Similarities are float32 (float64 stays) with autocast disabled. ``"none"`` orders the terms by row
+    (:class:`AnchorSample`), anchor (class-major), then own-image before partner term. With
+    ``check_inputs=False`` and reduction ``"mean"``/``"sum"``, ``forward`` has static shapes and no host
+    read, so ``torch.compile(fullgraph=True)`` and CUDA graphs can capture it. The formulas, edge cases and
+    the deviations from the authors' code (a plain mean over terms, any slice accepted) are in docs/loss.md.
     """
 
     def __init__(
@@ -142,25 +135,11 @@ class PixelContrastiveLoss(_Loss):
         ndim = len(spatial) + 2
         if not isinstance(labels, torch.Tensor):
             raise ValueError(f"labels must be a tensor, got {type(labels).__name__}.")
-        if labels.ndim == ndim and labels.shape[1] == self.num_classes:
-            if tuple(labels.shape[2:]) != spatial or labels.shape[0] != batch:
-                raise ValueError(
-                    f"one-hot labels shape {tuple(labels.shape)} does not match features shape "
-                    f"{shape} in batch or spatial size."
-                )
-            if self.check_inputs:
-                if labels.is_floating_point() and not torch.isfinite(labels).all():
-                    raise ValueError("one-hot labels contain NaN or Inf.")
-                if not (((labels == 0) | (labels == 1)).all() and (labels.sum(dim=1) == 1).all()):
-                    raise ValueError(
-                        f"labels with {self.num_classes} channels must be one-hot (values 0/1, exactly one 1 "
-                        "per pixel)."
-                    )
-            return labels.argmax(dim=1).reshape(batch, -1)
-        if labels.ndim == ndim and labels.shape[1] == 1:
-            ids = labels[:, 0]
-        elif labels.ndim == ndim - 1:
+        onehot = labels.ndim == ndim and labels.shape[1] == self.num_classes
+        if onehot or labels.ndim == ndim - 1:
             ids = labels
+        elif labels.ndim == ndim and labels.shape[1] == 1:
+            ids = labels[:, 0]
         else:
             raise ValueError(
                 f"labels must be [B, 1, *spatial] class ids, [B, {self.num_classes}, *spatial] one-hot or "
@@ -168,10 +147,18 @@ class PixelContrastiveLoss(_Loss):
             )
         if ids.shape[0] != batch:
             raise ValueError(f"batch size mismatch: features {shape}, labels {tuple(labels.shape)}.")
-        if tuple(ids.shape[1:]) != spatial:
+        if tuple(ids.shape[ids.ndim - len(spatial):]) != spatial:
             raise ValueError(f"spatial shape mismatch: features {shape}, labels {tuple(labels.shape)}.")
-        if ids.dtype == torch.bool:
-            ids = ids.long()
+        if onehot:
+            if self.check_inputs:
+                if ids.is_floating_point() and not torch.isfinite(ids).all():
+                    raise ValueError("one-hot labels contain NaN or Inf.")
+                if not (((ids == 0) | (ids == 1)).all() and (ids.sum(dim=1) == 1).all()):
+                    raise ValueError(
+                        f"labels with {self.num_classes} channels must be one-hot (values 0/1, exactly one 1 "
+                        "per pixel)."
+                    )
+            return ids.argmax(dim=1).reshape(batch, -1)
         if ids.is_floating_point() and self.check_inputs:
             if not torch.isfinite(ids).all():
                 raise ValueError("labels contain NaN or Inf.")
@@ -240,9 +227,8 @@ class PixelContrastiveLoss(_Loss):
             )
         class_ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
         self._check_label_range(class_ids)
-        labels_pad, block = padded_labels(class_ids, torch.float32)
         classes = self._candidate_ids(class_ids.device).to(torch.float32)
-        per_block = class_masks(labels_pad, classes, block)[1]
+        labels_pad, _, per_block = class_masks(class_ids, classes)
         roles = self._roles(class_ids.shape[0], pairs, class_ids.device)
         pixels, present = draw_pixels(labels_pad, classes, per_block, class_ids.shape[1], roles[:, 0],
                                       self.num_samples, generator if generator is not None else self.generator)
@@ -292,9 +278,9 @@ class PixelContrastiveLoss(_Loss):
         with torch.autocast(device_type=features.device.type, enabled=False):
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
             z = features.to(dtype).reshape(batch, dim, -1)  # z(x)_i: [B, D, N]
-            labels_pad, block = padded_labels(class_ids, dtype)  # [B, N_pad]
             classes = self._candidate_ids(features.device)  # [K]
-            masks, per_block = class_masks(labels_pad, classes.to(dtype), block)  # [B, K, N_pad], [B, K, nb]
+            # labels padded to whole blocks [B, N_pad], one-hot masks [B, K, N_pad], counts per block [B, K, nb]
+            labels_pad, masks, per_block = class_masks(class_ids, classes.to(dtype))
             in_class = per_block.sum(dim=-1).to(dtype)  # |S_k(x)|: [B, K]
             present = in_class > 0  # k in K(x): [B, K]
 
