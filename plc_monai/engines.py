@@ -30,17 +30,6 @@ __all__ = ["SemiSupervisedTrainer", "IterationTokens"]
 _UNLABELED_SLICES = ("any", "all_classes")
 
 
-def _numpy_state_to_torch(state: tuple) -> tuple:
-    """numpy's legacy RNG state with its key array as a tensor, so ``torch.load(weights_only=True)`` reads it."""
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
-
-
-def _numpy_state_from_torch(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-
-
 class IterationTokens:
     """An endless iterable of ``None``: the trainer builds its batches from in-memory slices by index."""
 
@@ -219,8 +208,7 @@ class SemiSupervisedTrainer(Trainer):
         # {"round": k, "network": weights, "optimizer": state} of the best model of the current round
         self.best_round_state: dict[str, Any] | None = None
         self.joint_started = False
-        self._keep_cache: tuple[int, torch.Tensor] | None = None
-        self._complete_cache: tuple[int, torch.Tensor] = (-1, torch.zeros(0))
+        self._weights_cache: tuple[int, torch.Tensor] | None = None
         self._warned: set[str] = set()
         # objects whose state a ResumeCheckpoint saves; handlers of this package add themselves on attach
         extras = SimpleNamespace(state_dict=self.extras_state_dict, load_state_dict=self.load_extras_state_dict)
@@ -231,9 +219,8 @@ class SemiSupervisedTrainer(Trainer):
             self.add_event_handler(Events.ITERATION_STARTED(once=self.warmup_iterations + 1), self._start_joint)
             if self.restore_best_each_round and self.round_length > 0:
                 self.add_event_handler(Events.ITERATION_STARTED(event_filter=self._round_start), self._restore_round_best)
-        if train_handlers is not None:
-            for handler in train_handlers:
-                handler.attach(self)
+        for handler in train_handlers or ():
+            handler.attach(self)
 
     # --- phases ----------------------------------------------------------------------------------
     @property
@@ -271,11 +258,8 @@ class SemiSupervisedTrainer(Trainer):
 
     def keep_round_best(self, weights: dict[str, torch.Tensor]) -> None:
         """Remember ``weights`` and a copy of the optimizer state as the best model of the current round."""
-        self.best_round_state = {
-            "round": self.round_index(),
-            "network": weights,
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-        }
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        self.best_round_state = {"round": self.round_index(), "network": weights, "optimizer": optimizer}
 
     def _restore_round_best(self, engine: Engine | None = None) -> None:
         """Continue from the best model of the round that just ended (weights and optimizer state)."""
@@ -303,22 +287,22 @@ class SemiSupervisedTrainer(Trainer):
 
     def _draw_unlabeled(self, count: int) -> torch.Tensor:
         store = self.pseudo_labels
-        if self._keep_cache is None or self._keep_cache[0] != store.version:
-            # the admission mask changes only at a refresh: keep a host copy per store version
-            self._keep_cache = (store.version, store.keep.float().cpu())
-            if self.unlabeled_slices == "all_classes":
-                self._complete_cache = (store.version, self._complete_slices(store.labels).float().cpu())
-        weights = self._keep_cache[1]
-        if not bool(weights.any()):
-            self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; sampling all of them.")
-            weights = torch.ones_like(weights)
-        elif self.unlabeled_slices == "all_classes":
-            complete = weights * self._complete_cache[1]
-            if bool(complete.any()):
-                weights = complete
-            else:
-                self._warn_once("none-complete", "no unlabeled slice holds every class in its pseudo-label; sampling all admitted slices.")
-        idx = torch.multinomial(weights, count, replacement=True, generator=self.sampler_generator)
+        if self._weights_cache is None or self._weights_cache[0] != store.version:
+            # the sampling weights change only at a refresh: keep them on the host per store version
+            weights = store.keep.float().cpu()
+            if not bool(weights.any()):
+                self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; "
+                                "sampling all of them.")
+                weights = torch.ones_like(weights)
+            elif self.unlabeled_slices == "all_classes":
+                complete = weights * self._complete_slices(store.labels).float().cpu()
+                if bool(complete.any()):
+                    weights = complete
+                else:
+                    self._warn_once("none-complete", "no unlabeled slice holds every class in its pseudo-label; "
+                                    "sampling all admitted slices.")
+            self._weights_cache = (store.version, weights)
+        idx = torch.multinomial(self._weights_cache[1], count, replacement=True, generator=self.sampler_generator)
         return idx.to(self.state.device, non_blocking=True)
 
     def _complete_slices(self, labels: torch.Tensor) -> torch.Tensor:
@@ -331,9 +315,6 @@ class SemiSupervisedTrainer(Trainer):
         if key not in self._warned:
             self._warned.add(key)
             self.logger.warning(message)
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor, spatial: bool, intensity: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a batch ``images [B, 1, H, W]`` / ``labels [B, H, W]``; returns labels ``[B, 1, H, W]``."""
@@ -352,13 +333,14 @@ class SemiSupervisedTrainer(Trainer):
     def _forward(self, x: torch.Tensor, embedding: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Logits (and embeddings when asked) of ``x``, plus a zero-valued term touching every output (DDP
         needs a gradient for every parameter, so ``train_forward`` computes both heads)."""
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         if self.train_forward is not None:
-            logits, emb = self.train_forward(self._prepare(x))
+            logits, emb = self.train_forward(x)
             return logits, emb if embedding else None, 0.0 * (emb.float().mean() + logits.float().mean())
         if embedding:
-            logits, emb = self.network.forward_train(self._prepare(x))
+            logits, emb = self.network.forward_train(x)
             return logits, emb, logits.new_zeros(())
-        return self.network(self._prepare(x)), None, x.new_zeros(())
+        return self.network(x), None, x.new_zeros(())
 
     def warmup_step(self) -> dict[str, torch.Tensor]:
         """Step 1 (and the fine-tuning phase): Dice loss on ``batch_size`` augmented labeled slices."""
@@ -401,9 +383,8 @@ class SemiSupervisedTrainer(Trainer):
         self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
     ) -> dict[str, torch.Tensor]:
         """:meth:`step_losses`, through the compiled step when ``compile_step`` is on."""
-        if self.compiled_losses is not None:
-            return self.compiled_losses(x, y, seg_count, seg_weight, lambda_cont)
-        return self.step_losses(x, y, seg_count, seg_weight, lambda_cont)
+        step = self.step_losses if self.compiled_losses is None else self.compiled_losses
+        return step(x, y, seg_count, seg_weight, lambda_cont)
 
     def joint_step(self, seg_weight: float | None = None, lambda_cont: float | None = None) -> dict[str, torch.Tensor]:
         """Step 2: ``seg_weight`` * Dice on the labeled slices (+ pseudo-labeled ones for self-training)
@@ -456,13 +437,16 @@ class SemiSupervisedTrainer(Trainer):
     # --- resumable state beyond the Ignite engine's counters -------------------------------------
     def extras_state_dict(self) -> dict[str, Any]:
         """Sampler and augmentation RNG states, global RNG states, the best warm-up weights, phase flag."""
+        # numpy's RNG key array as a tensor, so that ``torch.load(weights_only=True)`` reads it
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_rng = (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
         return {
             "sampler_generator": self.sampler_generator.get_state(),
             "seg_augmentation": _generator_state(self.seg_augmentation),
             "intensity_augmentation": _generator_state(self.intensity_augmentation),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": _numpy_state_to_torch(np.random.get_state()),
+            "numpy_rng": numpy_rng,
             "python_rng": random.getstate(),
             "best_warmup_state": self.best_warmup_state,
             "best_round_state": self.best_round_state,
@@ -478,7 +462,8 @@ class SemiSupervisedTrainer(Trainer):
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        np.random.set_state(_numpy_state_from_torch(state["numpy_rng"]))
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(state["python_rng"])
         self.best_warmup_state = state["best_warmup_state"]
         self.best_round_state = state.get("best_round_state")
