@@ -117,7 +117,9 @@ class ContrastiveHeadUNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared encoder-decoder ``c_theta``: images ``[B, in_channels, H, W[, D]]`` (each spatial size
+        divisible by ``2 ** (len(channels) - 1)``) to full-resolution features ``[B, channels[0], H, W[, D]]``."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"expected input of shape [B, C, {'H, W' if self.spatial_dims == 2 else 'H, W, D'}], got {list(x.shape)}."
@@ -128,11 +130,6 @@ class ContrastiveHeadUNet(nn.Module):
                     f"spatial size {list(x.shape[2:])} is not divisible by {self.divisor} "
                     f"(2 ** number of poolings); crop or pad the input to a multiple of {self.divisor}."
                 )
-
-    def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared encoder-decoder ``c_theta``: images ``[B, in_channels, H, W[, D]]`` (each spatial size
-        divisible by ``2 ** (len(channels) - 1)``) to full-resolution features ``[B, channels[0], H, W[, D]]``."""
-        self._check_input(x)
         skips: list[torch.Tensor] = []
         last = len(self.encoder) - 1
         for level, block in enumerate(self.encoder):
