@@ -68,8 +68,7 @@ def _volume_dice(a: torch.Tensor, b: torch.Tensor, volume_index: torch.Tensor, n
     sums.index_add_(0, volume_index, torch.stack([inter, one_a, one_b], 1))
     denom = sums[:, 1] + sums[:, 2]
     dice = torch.where(denom > 0, 2 * sums[:, 0] / denom.clamp_min(1), torch.nan)
-    mean = torch.nanmean(dice, dim=1)
-    return torch.nan_to_num(mean, nan=1.0)
+    return torch.nan_to_num(torch.nanmean(dice, dim=1), nan=1.0)
 
 
 def _random_similarity(num: int, generator: torch.Generator) -> torch.Tensor:
