@@ -94,8 +94,8 @@ class ContrastiveHeadUNet(nn.Module):
         self.embedding_dim = embedding_dim
         self.divisor = 2 ** (len(channels) - 1)
 
-        widths_in = (in_channels, *channels[:-1])
-        self.encoder = nn.ModuleList(_double_conv(spatial_dims, c_in, c_out) for c_in, c_out in zip(widths_in, channels))
+        inputs = (in_channels, *channels[:-1])
+        self.encoder = nn.ModuleList(_double_conv(spatial_dims, c_in, c_out) for c_in, c_out in zip(inputs, channels))
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
         self.decoder = nn.ModuleList(
             # the deeper stage (bottleneck or previous decoder block) always has width channels[level + 1]
