@@ -1,23 +1,14 @@
 """The speed plumbing of :class:`plc_monai.losses.PixelContrastiveLoss`; nothing here is part of the method.
 
-- :func:`padded_labels` and :func:`class_masks`: class ids as floats padded to whole blocks of pixels, and
-  the candidate classes' one-hot masks with their pixel counts per block.
-- :func:`draw_pixels`: uniform draws with replacement among the pixels of each class, located block-wise
-  so that no running count ever spans a whole image.
-- :func:`class_sums_and_anchor_features`: per-class feature sums and the anchors' features from one
-  tensor, with a backward that writes both gradients into a single buffer.
-- :func:`cosine_logits`: anchor-to-mean dot products, by broadcasting for a handful of anchors and by a
-  batched GEMM for many.
-
-All shapes use ``B`` images, ``D`` embedding channels, ``N`` pixels (``N_pad`` after padding), ``K``
-candidate classes, ``R`` anchor roles and ``A`` anchors per role.
+Shapes: ``B`` images, ``D`` embedding channels, ``N`` pixels (``N_pad`` after padding), ``K`` candidate
+classes, ``R`` anchor roles and ``A`` anchors per role.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["BLOCK", "padded_labels", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
+__all__ = ["BLOCK", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
 
 #: pixels per block in the two-step search of :func:`draw_pixels`
 BLOCK = 256
@@ -26,47 +17,25 @@ BLOCK = 256
 _BROADCAST_MAX = 4096
 
 
-def padded_labels(class_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-    """Class ids as floats, padded with -1 to a whole number of blocks of pixels.
-
-    Args:
-        class_ids: ``[B, N]`` long class ids.
-        dtype: float dtype of the result (that of the features' arithmetic).
-
-    Returns:
-        ``labels [B, N_pad]`` in ``dtype`` (``N_pad`` is ``N`` rounded up to a multiple of the block size;
-        ``labels[:, :N]`` are the ids and ``-1`` matches no class) and the block size (at most :data:`BLOCK`).
-    """
+def class_masks(class_ids: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``labels [B, N_pad]``: ``class_ids [B, N]`` padded with -1 (no class) to whole blocks of at most
+    :data:`BLOCK` pixels, as floats in the dtype of the candidate ids ``classes [K]``; the candidates' one-hot
+    ``masks [B, K, N_pad]`` in that dtype; and their long pixel counts per block ``per_block [B, K, nb]``."""
     batch, n_pixels = class_ids.shape
     block = max(1, min(BLOCK, n_pixels))
     n_pad = -(-n_pixels // block) * block
     if n_pad == n_pixels:
-        return class_ids.to(dtype), block
-    labels = torch.full((batch, n_pad), -1, dtype=dtype, device=class_ids.device)
-    labels[:, :n_pixels] = class_ids
-    return labels, block
-
-
-def class_masks(labels: torch.Tensor, classes: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot masks of the candidate classes and their pixel counts per block of pixels.
-
-    Args:
-        labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
-        classes: ``[K]`` candidate class ids in the dtype of ``labels``.
-        block: pixels per block (``N_pad`` is a multiple of it).
-
-    Returns:
-        ``masks [B, K, N_pad]`` in the dtype of ``labels`` (zero in the padding) and
-        ``per_block [B, K, N_pad / block]`` long.
-    """
-    batch, n_pad = labels.shape
+        labels = class_ids.to(classes.dtype)
+    else:
+        labels = torch.full((batch, n_pad), -1, dtype=classes.dtype, device=class_ids.device)
+        labels[:, :n_pixels] = class_ids
     # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
     # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
     masks = torch.empty((batch, classes.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
     torch.eq(labels[:, None, :], classes[None, :, None], out=masks)
     # float sums of at most BLOCK ones are exact
     per_block = masks.view(batch, classes.shape[0], n_pad // block, block).sum(dim=-1).long()
-    return masks, per_block
+    return labels, masks, per_block
 
 
 def draw_pixels(
@@ -80,17 +49,14 @@ def draw_pixels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``num_samples`` pixels per (role, candidate class), uniformly with replacement.
 
-    The rank of each draw within its class is ``floor(u * count)`` with ``u ~ U[0, 1)`` (one ``torch.rand``
-    call of shape ``[R, K, S]``, float64), and the drawn pixel is the one of that rank in row-major order.
-    It is located in two steps that never scan the whole image: the block that holds it (``searchsorted``
-    over cumulative block counts, ``[R, K, nb]``), then the position inside that block (a running count
-    over the pixels of that block only). A single running count over all ``B * K * N`` mask values would
-    cost more than the rest of the loss on a CPU.
+    The rank of a draw in its class is ``floor(u * count)``, ``u ~ U[0, 1)`` (one float64 ``torch.rand``),
+    located without scanning the whole image: its block by ``searchsorted`` over cumulative block counts,
+    then its position by a running count over that block only.
 
     Args:
-        labels: ``[B, N_pad]`` float class ids from :func:`padded_labels`.
+        labels: ``[B, N_pad]`` float class ids from :func:`class_masks`.
         classes: ``[K]`` candidate class ids in the dtype of ``labels``.
-        per_block: ``[B, K, nb]`` pixels per class and block of ``N_pad / nb`` pixels.
+        per_block: ``[B, K, nb]`` pixels per class and block (from :func:`class_masks`).
         n_pixels: ``N``, the number of real (unpadded) pixels.
         anchor_image: ``[R]`` batch index of the anchor image of each role.
         num_samples: ``S``, draws per (role, class).
@@ -147,11 +113,8 @@ def class_sums_and_anchor_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class feature sums and the anchors' features, differentiable w.r.t. ``features``.
 
-    ``sums[b, :, k] = sum_n masks[b, k, n] * features[b, :, n]`` and
-    ``anchor_features[r, a, :] = features[anchor_image[r], :, pixels[r, a]]``. The backward writes both
-    gradients into one ``[B, D, N]`` buffer (the class-sum gradient broadcast to the pixels of each class,
-    then an in-place scatter-add of the anchor gradient). Plain autograd would allocate two full-size
-    buffers and add them, which costs more than the whole loss on a CPU.
+    The backward writes both gradients into one ``[B, D, N]`` buffer; plain autograd would allocate two
+    and add them, which costs more than the whole loss on a CPU.
 
     Args:
         features: ``[B, D, N]`` embeddings.
@@ -166,12 +129,7 @@ def class_sums_and_anchor_features(
 
 
 def cosine_logits(anchors: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """Dot products of every anchor with every class mean of its role, ``[R, A, K]``.
-
-    Args:
-        anchors: ``[R, A, D]`` unit-norm anchor embeddings.
-        means: ``[R, K, D]`` unit-norm class means.
-    """
+    """Dot products ``[R, A, K]`` of every anchor ``[R, A, D]`` with every class mean ``[R, K, D]`` of its role."""
     if anchors.shape[1] * means.shape[1] <= _BROADCAST_MAX:
         # a handful of sampled anchors: broadcasting beats a batched GEMM launch on CPU by ~100x
         return (anchors[:, :, None, :] * means[:, None, :, :]).sum(-1)

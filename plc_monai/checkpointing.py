@@ -1,13 +1,10 @@
-"""Checkpoints that survive interruption: atomic writes, automatic resume, best model per phase.
-
-MONAI's ``CheckpointSaver`` names files after the iteration or metric, so a re-run of the same
-command cannot know which file to resume from, and its best-model tracking spans the whole run.
-The paper keeps the best validation model of each step (warm-up, joint) separately, and a user who
-re-runs an interrupted command expects it to continue. These two handlers do exactly that.
+"""Checkpoints that survive interruption: atomic writes, automatic resume from one fixed file (MONAI's
+``CheckpointSaver`` names files by iteration or metric), and the best model of each phase (the paper's).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping
@@ -33,12 +30,10 @@ def _unwrap(module: Any) -> Any:
 class ResumeCheckpoint:
     """Save everything needed to continue a run to one file, and resume from it when the run restarts.
 
-    Saves ``{name: obj.state_dict()}`` for every entry of ``save_dict`` and of ``engine.resumable``
-    (where the trainer and the handlers of this package register themselves) to ``<save_dir>/<filename>``
-    every ``save_interval`` iterations, at the iterations listed in ``extra_iterations`` (e.g. the end
-    of the warm-up) and when the run completes. At ``STARTED`` it loads that file if it exists and
-    ``resume`` is true, so re-running the same command continues from the last checkpoint. Only rank
-    0 writes; every rank loads.
+    Saves ``{name: obj.state_dict()}`` of ``save_dict`` and ``engine.resumable`` (where the trainer and this
+    package's handlers register) to ``<save_dir>/<filename>`` every ``save_interval`` iterations, after
+    ``extra_iterations`` and at completion; loads it at ``STARTED`` when it exists and ``resume`` is true.
+    Only rank 0 writes; every rank loads.
 
     Args:
         save_dir: folder of the checkpoint.
@@ -114,25 +109,11 @@ class ResumeCheckpoint:
 class BestModelPerPhase:
     """Keep the best validation model of each training phase and of each pseudo-labeling round.
 
-    After each validation it reads ``metric_name`` from the evaluator and the phase and round from the
-    trainer (``trainer.phase()``, ``trainer.round_index()``). An improvement within the phase is kept
-    in memory (the trainer starts the joint phase from the best warm-up weights) and written
-    atomically: the warm-up's best to ``<save_dir>/model_warmup.pt`` and the deployable model to
-    ``<save_dir>/<final_filename>``. An improvement within a joint round is handed to the trainer
-    (``trainer.keep_round_best``) when it restores the best model at each round.
-
-    Which model is deployable (``selection``):
-
-    - ``"final_phase"``: the best of the schedule's last phase (``trainer.final_phase``: joint,
-      fine-tuning, or warm-up when there is nothing else), over all of its rounds;
-    - ``"all_phases"``: the best over every phase, warm-up included (a joint phase that never beats
-      the warm-up on the validation set then ships the warm-up model).
-
-    Every improvement also rewrites ``<save_dir>/best_models.json``: the best validation value and
-    iteration of the warm-up, of each round and of each phase, and which of them ``model.pt`` holds.
-
-    Attach it to the trainer (it is a ``train#handlers`` entry, so the bundle config has no
-    reference cycle between trainer and evaluator).
+    After each validation of ``evaluator`` it reads ``metric_name`` and the trainer's ``phase()`` and
+    ``round_index()``. The best warm-up weights go to the trainer (the joint phase starts from them) and to
+    ``<save_dir>/model_warmup.pt``, a round's best to ``trainer.keep_round_best`` when the trainer restores
+    it each round, the deployable model to ``<save_dir>/<final_filename>``, and a summary of all of them to
+    ``<save_dir>/best_models.json``. Attach it to the trainer (no trainer/evaluator reference cycle).
 
     Args:
         evaluator: the validation engine (``validate#evaluator``).
@@ -140,7 +121,8 @@ class BestModelPerPhase:
         save_dir: folder for the model files.
         metric_name: the evaluator metric to maximise.
         final_filename: file name of the deployable model.
-        selection: ``"final_phase"`` or ``"all_phases"`` (see above).
+        selection: which model ships: ``"final_phase"``, the best of ``trainer.final_phase`` (over all its
+            rounds), or ``"all_phases"``, the best over every phase, warm-up included.
     """
 
     def __init__(
@@ -172,11 +154,6 @@ class BestModelPerPhase:
         if hasattr(trainer, "resumable"):
             trainer.resumable["best_model_per_phase"] = self
 
-    def _ships(self, phase: str, value: float) -> bool:
-        if self.selection == "all_phases":
-            return self.shipped is None or value > self.shipped["metric"]
-        return phase == getattr(self.trainer, "final_phase", phase)
-
     def __call__(self, evaluator: Engine) -> None:
         value = evaluator.state.metrics.get(self.metric_name)
         if value is None:
@@ -201,7 +178,10 @@ class BestModelPerPhase:
             self.best[phase] = dict(record)
             if phase == "warmup":
                 self.trainer.best_warmup_state = weights
-            ships = self._ships(phase, value)
+            if self.selection == "all_phases":
+                ships = self.shipped is None or value > self.shipped["metric"]
+            else:
+                ships = phase == getattr(self.trainer, "final_phase", phase)
             if ships:
                 self.shipped = {"phase": phase, **record}
             if is_main_process():
@@ -224,8 +204,7 @@ class BestModelPerPhase:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": {k: dict(v) for k, v in self.best.items()}, "rounds": {k: dict(v) for k, v in self.rounds.items()},
-                "shipped": dict(self.shipped) if self.shipped else {}}
+        return copy.deepcopy({"best": self.best, "rounds": self.rounds, "shipped": self.shipped or {}})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = {k: dict(v) for k, v in state["best"].items()}

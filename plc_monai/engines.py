@@ -1,24 +1,18 @@
-"""The semi-supervised trainer: one iteration of each phase of the paper's schedule, nothing else.
+"""The semi-supervised trainer: step 1 (warm-up, Dice on labeled slices, Eq. 1) and step 2 (joint: Dice on the
+labeled slices plus ``lambda_cont * PixelContrastiveLoss`` on labeled and pseudo-labeled slices, Eq. 2).
 
-Step 1 (warm-up, Eq. 1): ``warmup_iterations`` iterations of the Dice loss on batches of labeled
-slices. Step 2 (joint training, Eq. 2): every later iteration draws ``labeled_per_batch`` labeled and
-``batch_size - labeled_per_batch`` unlabeled slices; the Dice loss sees the labeled ones, and
-``lambda_cont * PixelContrastiveLoss`` sees all of them with labels and pseudo-labels. The pseudo-labels
-come from a :class:`~plc_monai.pseudo_labels.PseudoLabelStore` that
-:class:`~plc_monai.handlers.PseudoLabelRefresh` rewrites every ``P`` iterations.
-
-The method variants of the paper's comparisons are switches, not copies: ``lambda_cont=0`` with
-``pseudo_labels_in_seg_loss=True`` is self-training; both on is the "joint, pseudo-labels in the
-segmentation loss" row of Table II; ``warmup_iterations`` equal to the total is the supervised
-baseline. A new variant overrides :meth:`warmup_step` or :meth:`joint_step`.
+The paper's method variants are switches (see docs/method.md); a new variant overrides :meth:`warmup_step`
+or :meth:`joint_step`.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -36,23 +30,11 @@ __all__ = ["SemiSupervisedTrainer", "IterationTokens"]
 _UNLABELED_SLICES = ("any", "all_classes")
 
 
-def _numpy_state_to_torch(state: tuple) -> tuple:
-    """numpy's legacy RNG state with its key array as a tensor, so ``torch.load(weights_only=True)`` reads it."""
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
-
-
-def _numpy_state_from_torch(state: tuple) -> tuple:
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-
-
 class IterationTokens:
     """An endless iterable of ``None``: the trainer builds its batches from in-memory slices by index."""
 
     def __iter__(self):
-        while True:
-            yield None
+        return itertools.repeat(None)
 
 
 def _generator_state(obj: Any) -> torch.Tensor | None:
@@ -69,60 +51,44 @@ class SemiSupervisedTrainer(Trainer):
         epoch_length: iterations per epoch.
         network: a module with ``forward`` (logits) and ``forward_train`` (logits, embedding).
         optimizer: optimizer over all of ``network``'s parameters (Adam, lr 1e-3 in the paper).
-        seg_loss: segmentation loss called as ``seg_loss(logits [B, C, H, W], labels [B, 1, H, W])``
-            (MONAI ``DiceLoss(to_onehot_y=True, softmax=True)``).
-        labeled: the labeled slices (images ``[N_l, 1, H, W]`` and labels ``[N_l, H, W]``) on ``device``.
-        unlabeled: the unlabeled slices ``[N_u, 1, H, W]`` on ``device``; ``None`` or empty: warm-up only.
+        seg_loss: called as ``seg_loss(logits [B, C, H, W], labels [B, 1, H, W])`` (MONAI ``DiceLoss``).
+        labeled: the labeled slices (images ``[N_l, 1, H, W]``, labels ``[N_l, H, W]``) on ``device``.
+        unlabeled: the unlabeled slices ``[N_u, 1, H, W]`` on ``device``; ``None`` or empty: supervised only.
         pseudo_labels: the store of the unlabeled slices' pseudo-labels.
         contrastive_loss: called as ``loss(embedding [B, D, H, W], labels [B, 1, H, W])``.
         warmup_iterations: iterations of step 1 (``N1`` = 5000).
         batch_size: slices per iteration in both steps (20).
         labeled_per_batch: labeled slices per joint iteration (10); the rest are unlabeled.
         lambda_cont: weight of the contrastive loss (0.1); 0 skips the contrastive branch.
-        pseudo_labels_in_seg_loss: also apply the segmentation loss to the unlabeled slices with their
-            pseudo-labels (self-training; Table II row 3).
-        seg_weight: weight of the segmentation loss in the joint phase; 0 makes it contrastive
-            pre-training (the first step of the two-step comparison of Table II).
-        finetune_iterations: iterations of a last, segmentation-only phase after the joint phase
-            (the second step of two-step training); 0 (default): none.
-        unlabeled_in_contrastive: feed unlabeled slices with pseudo-labels to the contrastive loss;
-            ``False`` uses labeled slices only (the fully supervised two-step variant).
-        train_forward: a module returning ``(logits, embedding)`` used for every training forward pass,
-            e.g. ``DistributedDataParallel(TrainForward(network))`` for multi-GPU training; by default the
-            network's own ``forward``/``forward_train``.
-        seg_augmentation: batched dict transform on ``{"image": [B, 1, H, W], "label": [B, 1, H, W]}``
-            (rotation, scale, flip, elastic); ``None`` for none.
-        intensity_augmentation: batched dict transform on ``{"image": ...}`` (brightness/contrast).
-        shared_forward: one forward pass of all ``batch_size`` slices feeds both losses (default, the
-            paper's ``|X_B| = 20``); ``False`` runs a second pass for the contrastive batch of
-            un-warped slices, as the authors' code did.
+        pseudo_labels_in_seg_loss: also apply the segmentation loss to the pseudo-labeled slices (self-training).
+        seg_weight: weight of the segmentation loss in the joint phase; 0: contrastive pre-training.
+        finetune_iterations: iterations of a last, segmentation-only phase after the joint phase (0: none).
+        unlabeled_in_contrastive: feed pseudo-labeled slices to the contrastive loss; ``False``: labeled only.
+        train_forward: a module returning ``(logits, embedding)`` for every training forward pass, e.g.
+            ``DistributedDataParallel(TrainForward(network))``; by default the network's own methods.
+        seg_augmentation: batched dict transform on ``{"image": [B, 1, H, W], "label": [B, 1, H, W]}``.
+        intensity_augmentation: batched dict transform on ``{"image": ...}``.
+        shared_forward: one forward pass of all slices feeds both losses (default); ``False`` runs a second
+            pass of un-warped slices for the contrastive loss, as the authors' code did.
         amp: autocast the forward pass (bf16 where supported, else fp16 with a gradient scaler).
-        channels_last: use the channels-last memory format (faster convolutions on GPU).
-        reset_optimizer_at_joint: clear the optimizer's moments when step 2 starts (the authors build a new optimizer).
-        round_length: iterations per pseudo-labeling round of the joint phase (the refresh interval ``P``);
-            0: the joint phase is one round. Used to tell rounds apart for :meth:`round_index`.
-        restore_best_each_round: at the start of every joint round after the first, load the weights and
-            optimizer state of the best validation model of the round just ended (kept by
-            :class:`~plc_monai.checkpointing.BestModelPerPhase`), as the authors' code does; the
-            pseudo-label refresh of that iteration then predicts with it (the trainer's handlers run
-            before the attached ones).
-        unlabeled_slices: which unlabeled slices a joint batch draws: ``"any"`` (every admitted slice) or
-            ``"all_classes"`` (only slices whose pseudo-label holds every foreground class, as the
-            authors did for the contrastive batch; falls back to all admitted slices when none does).
-        seed: seed of the slice sampler; the augmentations are seeded with ``seed + 1`` and ``seed + 2``.
-        log_interval: iterations between progress lines (loss values are read from the device only then).
-        compile_step: capture :meth:`step_losses` (forward pass and both losses, with their backward) and
-            the optimizer step with ``torch.compile`` (``mode="reduce-overhead"``: CUDA graphs on a GPU);
-            see :mod:`plc_monai.compiled_step`.
-            Off by default: the speed-up is unmeasured on a GPU so far.
-        compile_options: ``torch.compile`` arguments over
-            :data:`~plc_monai.compiled_step.COMPILE_DEFAULTS` (used only with ``compile_step``).
+        channels_last: use the channels-last memory format (CUDA only).
+        reset_optimizer_at_joint: clear the optimizer's moments when step 2 starts (the authors build a new one).
+        round_length: iterations per pseudo-labeling round (``P``) for :meth:`round_index`; 0: one round.
+        restore_best_each_round: at the start of every joint round after the first, load the best model and
+            optimizer state of the round just ended (kept by :class:`~plc_monai.checkpointing.BestModelPerPhase`),
+            as the authors' code does; that iteration's pseudo-label refresh then predicts with it.
+        unlabeled_slices: ``"any"`` admitted slice, or ``"all_classes"``: only slices whose pseudo-label holds
+            every foreground class, as the authors did (all admitted slices when none does).
+        seed: seed of the slice sampler; the augmentations get ``seed + 1`` and ``seed + 2``.
+        log_interval: iterations between progress lines.
+        compile_step: compile :meth:`step_losses` (with its backward) and the optimizer step with ``torch.compile``
+            (see :mod:`plc_monai.compiled_step`).
+        compile_options: ``torch.compile`` arguments over :data:`~plc_monai.compiled_step.COMPILE_DEFAULTS`.
         train_handlers: Ignite/MONAI handlers to attach.
 
     Raises:
         ValueError: for inconsistent sizes (e.g. ``labeled_per_batch > batch_size``), an empty labeled pool,
-            or a ``compile_step`` configuration that cannot be one graph
-            (:func:`~plc_monai.compiled_step.check_compilable`).
+            or a ``compile_step`` configuration that cannot be one graph.
     """
 
     def __init__(
@@ -245,20 +211,19 @@ class SemiSupervisedTrainer(Trainer):
         # {"round": k, "network": weights, "optimizer": state} of the best model of the current round
         self.best_round_state: dict[str, Any] | None = None
         self.joint_started = False
-        self._keep_cache: tuple[int, torch.Tensor] | None = None
-        self._complete_cache: tuple[int, torch.Tensor] = (-1, torch.zeros(0))
+        self._weights_cache: tuple[int, torch.Tensor] | None = None
         self._warned: set[str] = set()
         # objects whose state a ResumeCheckpoint saves; handlers of this package add themselves on attach
-        self.resumable: dict[str, Any] = {"trainer": self, "trainer_extras": _Extras(self)}
+        extras = SimpleNamespace(state_dict=self.extras_state_dict, load_state_dict=self.load_extras_state_dict)
+        self.resumable: dict[str, Any] = {"trainer": self, "trainer_extras": extras}
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
         if self.warmup_iterations < self.joint_end:
             self.add_event_handler(Events.ITERATION_STARTED(once=self.warmup_iterations + 1), self._start_joint)
             if self.restore_best_each_round and self.round_length > 0:
                 self.add_event_handler(Events.ITERATION_STARTED(event_filter=self._round_start), self._restore_round_best)
-        if train_handlers is not None:
-            for handler in train_handlers:
-                handler.attach(self)
+        for handler in train_handlers or ():
+            handler.attach(self)
 
     # --- phases ----------------------------------------------------------------------------------
     @property
@@ -296,11 +261,8 @@ class SemiSupervisedTrainer(Trainer):
 
     def keep_round_best(self, weights: dict[str, torch.Tensor]) -> None:
         """Remember ``weights`` and a copy of the optimizer state as the best model of the current round."""
-        self.best_round_state = {
-            "round": self.round_index(),
-            "network": weights,
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-        }
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        self.best_round_state = {"round": self.round_index(), "network": weights, "optimizer": optimizer}
 
     def _restore_round_best(self, engine: Engine | None = None) -> None:
         """Continue from the best model of the round that just ended (weights and optimizer state)."""
@@ -330,22 +292,22 @@ class SemiSupervisedTrainer(Trainer):
 
     def _draw_unlabeled(self, count: int) -> torch.Tensor:
         store = self.pseudo_labels
-        if self._keep_cache is None or self._keep_cache[0] != store.version:
-            # the admission mask changes only at a refresh: keep a host copy per store version
-            self._keep_cache = (store.version, store.keep.float().cpu())
-            if self.unlabeled_slices == "all_classes":
-                self._complete_cache = (store.version, self._complete_slices(store.labels).float().cpu())
-        weights = self._keep_cache[1]
-        if not bool(weights.any()):
-            self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; sampling all of them.")
-            weights = torch.ones_like(weights)
-        elif self.unlabeled_slices == "all_classes":
-            complete = weights * self._complete_cache[1]
-            if bool(complete.any()):
-                weights = complete
-            else:
-                self._warn_once("none-complete", "no unlabeled slice holds every class in its pseudo-label; sampling all admitted slices.")
-        idx = torch.multinomial(weights, count, replacement=True, generator=self.sampler_generator)
+        if self._weights_cache is None or self._weights_cache[0] != store.version:
+            # the sampling weights change only at a refresh: keep them on the host per store version
+            weights = store.keep.float().cpu()
+            if not bool(weights.any()):
+                self._warn_once("all-rejected", "the quality filter rejected every unlabeled volume; "
+                                "sampling all of them.")
+                weights = torch.ones_like(weights)
+            elif self.unlabeled_slices == "all_classes":
+                complete = weights * self._complete_slices(store.labels).float().cpu()
+                if bool(complete.any()):
+                    weights = complete
+                else:
+                    self._warn_once("none-complete", "no unlabeled slice holds every class in its pseudo-label; "
+                                    "sampling all admitted slices.")
+            self._weights_cache = (store.version, weights)
+        idx = torch.multinomial(self._weights_cache[1], count, replacement=True, generator=self.sampler_generator)
         return idx.to(self.state.device, non_blocking=True)
 
     def _complete_slices(self, labels: torch.Tensor) -> torch.Tensor:
@@ -358,9 +320,6 @@ class SemiSupervisedTrainer(Trainer):
         if key not in self._warned:
             self._warned.add(key)
             self.logger.warning(message)
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor, spatial: bool, intensity: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a batch ``images [B, 1, H, W]`` / ``labels [B, H, W]``; returns labels ``[B, 1, H, W]``."""
@@ -377,19 +336,16 @@ class SemiSupervisedTrainer(Trainer):
 
     # --- one iteration of each phase -------------------------------------------------------------
     def _forward(self, x: torch.Tensor, embedding: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Logits (and embeddings when asked) of ``x``, plus a zero-valued term touching every output.
-
-        Under DistributedDataParallel every parameter must receive a gradient each step, so the
-        (DDP-wrapped) ``train_forward`` always computes both heads and an unused head joins the loss
-        with weight 0. Without DDP only what is needed is computed.
-        """
+        """Logits (and embeddings when asked) of ``x``, plus a zero-valued term touching every output (DDP
+        needs a gradient for every parameter, so ``train_forward`` computes both heads)."""
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         if self.train_forward is not None:
-            logits, emb = self.train_forward(self._prepare(x))
+            logits, emb = self.train_forward(x)
             return logits, emb if embedding else None, 0.0 * (emb.float().mean() + logits.float().mean())
         if embedding:
-            logits, emb = self.network.forward_train(self._prepare(x))
+            logits, emb = self.network.forward_train(x)
             return logits, emb, logits.new_zeros(())
-        return self.network(self._prepare(x)), None, x.new_zeros(())
+        return self.network(x), None, x.new_zeros(())
 
     def warmup_step(self) -> dict[str, torch.Tensor]:
         """Step 1 (and the fine-tuning phase): Dice loss on ``batch_size`` augmented labeled slices."""
@@ -403,10 +359,7 @@ class SemiSupervisedTrainer(Trainer):
     def step_losses(
         self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
     ) -> dict[str, torch.Tensor]:
-        """The device part of an iteration with one shared forward pass: the forward and both losses.
-
-        Only tensor work on ``x`` and ``y`` (no host read, no data-dependent shape with a graph-safe
-        contrastive loss), so that ``compile_step`` can capture it as one graph.
+        """The device part of an iteration with one shared forward pass (one graph for ``compile_step``).
 
         Args:
             x: ``[B, 1, H, W]`` augmented images; the first ``seg_count`` have (pseudo-)labels for the Dice loss.
@@ -435,9 +388,8 @@ class SemiSupervisedTrainer(Trainer):
         self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
     ) -> dict[str, torch.Tensor]:
         """:meth:`step_losses`, through the compiled step when ``compile_step`` is on."""
-        if self.compiled_losses is not None:
-            return self.compiled_losses(x, y, seg_count, seg_weight, lambda_cont)
-        return self.step_losses(x, y, seg_count, seg_weight, lambda_cont)
+        step = self.step_losses if self.compiled_losses is None else self.compiled_losses
+        return step(x, y, seg_count, seg_weight, lambda_cont)
 
     def joint_step(self, seg_weight: float | None = None, lambda_cont: float | None = None) -> dict[str, torch.Tensor]:
         """Step 2: ``seg_weight`` * Dice on the labeled slices (+ pseudo-labeled ones for self-training)
@@ -490,13 +442,16 @@ class SemiSupervisedTrainer(Trainer):
     # --- resumable state beyond the Ignite engine's counters -------------------------------------
     def extras_state_dict(self) -> dict[str, Any]:
         """Sampler and augmentation RNG states, global RNG states, the best warm-up weights, phase flag."""
+        # numpy's RNG key array as a tensor, so that ``torch.load(weights_only=True)`` reads it
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_rng = (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
         return {
             "sampler_generator": self.sampler_generator.get_state(),
             "seg_augmentation": _generator_state(self.seg_augmentation),
             "intensity_augmentation": _generator_state(self.intensity_augmentation),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_rng": _numpy_state_to_torch(np.random.get_state()),
+            "numpy_rng": numpy_rng,
             "python_rng": random.getstate(),
             "best_warmup_state": self.best_warmup_state,
             "best_round_state": self.best_round_state,
@@ -512,19 +467,9 @@ class SemiSupervisedTrainer(Trainer):
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        np.random.set_state(_numpy_state_from_torch(state["numpy_rng"]))
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(state["python_rng"])
         self.best_warmup_state = state["best_warmup_state"]
         self.best_round_state = state.get("best_round_state")
         self.joint_started = bool(state["joint_started"])
-
-
-class _Extras:
-    def __init__(self, trainer: SemiSupervisedTrainer) -> None:
-        self.trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.trainer.extras_state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainer.load_extras_state_dict(state)

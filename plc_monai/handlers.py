@@ -23,10 +23,6 @@ from plc_monai.atomic_files import atomic_write_bytes
 __all__ = ["PseudoLabelRefresh", "predict_labels"]
 
 
-def _autocast(device: torch.device, amp: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=amp)
-
-
 def predict_labels(
     network: torch.nn.Module,
     images: torch.Tensor,
@@ -34,9 +30,7 @@ def predict_labels(
     amp: bool = False,
     return_logits: bool = False,
 ) -> torch.Tensor:
-    """Argmax labels of ``network`` over ``images``, batched, in eval mode, without gradients.
-
-    The network's train/eval mode is restored afterwards.
+    """Argmax labels of ``network`` over ``images``, batched, in eval mode (restored afterwards), without gradients.
 
     Args:
         network: returns logits ``[B, C, *spatial]`` from ``forward``.
@@ -52,7 +46,8 @@ def predict_labels(
     network.eval()
     outputs = []
     try:
-        with torch.inference_mode(), _autocast(images.device, amp):
+        autocast = torch.autocast(device_type=images.device.type, dtype=autocast_dtype(images.device), enabled=amp)
+        with torch.inference_mode(), autocast:
             for start in range(0, images.shape[0], batch_size):
                 logits = network(images[start : start + batch_size])
                 outputs.append(logits.float() if return_logits else logits.argmax(1).to(torch.uint8))
@@ -73,8 +68,7 @@ def _volume_dice(a: torch.Tensor, b: torch.Tensor, volume_index: torch.Tensor, n
     sums.index_add_(0, volume_index, torch.stack([inter, one_a, one_b], 1))
     denom = sums[:, 1] + sums[:, 2]
     dice = torch.where(denom > 0, 2 * sums[:, 0] / denom.clamp_min(1), torch.nan)
-    mean = torch.nanmean(dice, dim=1)
-    return torch.nan_to_num(mean, nan=1.0)
+    return torch.nan_to_num(torch.nanmean(dice, dim=1), nan=1.0)
 
 
 def _random_similarity(num: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,21 +84,13 @@ def _random_similarity(num: int, generator: torch.Generator) -> torch.Tensor:
 class PseudoLabelRefresh:
     """Re-estimate the pseudo-labels of the unlabeled set with the current network (an Ignite handler).
 
-    Fires at the start of the joint phase (the first iteration after ``start_iteration``) and then every
-    ``interval`` iterations (``P`` = 5000 in the paper). It runs the network in eval mode under
-    ``torch.inference_mode`` (and autocast when ``amp``) over every unlabeled slice, stores the argmax
-    labels in ``store`` (in place: the next batch the trainer or a DataLoader worker builds reads them),
-    logs the duration and the fraction of pixels whose label changed, and optionally writes the
-    pseudo-labels as NIfTI volumes for inspection.
-
-    Optional volume-level quality filter (the paper's Table VII; off when ``quality_threshold`` is 0):
-    each unlabeled volume is predicted under two random similarity transforms (rotation U(-30, 30) deg,
-    scale U(0.9, 1.1) or a left-right flip), the predictions are mapped back and a volume is kept
-    only if the mean foreground Dice between the two exceeds the threshold. Slices of rejected volumes
-    get ``store.keep = False`` and are not sampled.
-
-    Under ``torch.distributed`` the slices are split across ranks and the labels all-reduced, so every
-    rank holds the same pseudo-labels; only rank 0 logs and writes files.
+    Fires before the first iteration after ``start_iteration`` and then every ``interval`` iterations
+    (``P`` = 5000 in the paper): predicts every unlabeled slice (:func:`predict_labels`), writes the labels
+    into ``store`` in place, logs the duration and the fraction of changed pixels, and optionally writes
+    NIfTI volumes. The optional quality filter (Table VII) predicts each volume under two random similarity
+    transforms (rotation, scale or flip), maps them back and keeps the volume only if their mean foreground
+    Dice exceeds ``quality_threshold``. Under ``torch.distributed`` the ranks predict shards and all-reduce
+    them; only rank 0 logs and writes files.
 
     Args:
         store: the :class:`~plc_monai.pseudo_labels.PseudoLabelStore` to fill.
@@ -220,38 +206,31 @@ class PseudoLabelRefresh:
         """Volume-level filter of Table VII: ``[N]`` bool, True for slices of volumes kept."""
         vol = self.store.volume_index
         num_vol = int(vol.max()) + 1 if len(vol) else 0
-        device = self.images.device
+        def warp(x: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:  # mats: [N, 2, 2], no translation
+            grid = F.affine_grid(F.pad(mats, (0, 1)), list(x.shape), align_corners=False)
+            return F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+
         preds = []
         for _ in range(2):
-            mats = _random_similarity(num_vol, self.generator).to(device)[vol]  # [N, 2, 2]
-            zeros = torch.zeros(mats.shape[0], 2, 1, device=device)
-            fwd = torch.cat([mats, zeros], 2)
-            inv = torch.cat([torch.linalg.inv(mats), zeros], 2)
-            grid = F.affine_grid(fwd, list(self.images.shape), align_corners=False)
-            warped = F.grid_sample(self.images.float(), grid, mode="bilinear", align_corners=False)
+            mats = _random_similarity(num_vol, self.generator).to(self.images.device)[vol]  # [N, 2, 2]
+            warped = warp(self.images.float(), mats)
             logits = predict_labels(self.network, warped, self.batch_size, self.amp, return_logits=True)
-            back_grid = F.affine_grid(inv, list(logits.shape), align_corners=False)
-            preds.append(F.grid_sample(logits, back_grid, mode="bilinear", align_corners=False).argmax(1))
+            preds.append(warp(logits, torch.linalg.inv(mats)).argmax(1))
         dice = _volume_dice(preds[0], preds[1], vol, num_vol, int(self.num_classes))
         return (dice > self.quality_threshold)[vol]
 
     def refresh(self, iteration: int | None = None) -> dict[str, float]:
         """Re-estimate and store the pseudo-labels now; returns the logged numbers."""
+        record = {"iteration": float(iteration if iteration is not None else -1), "round": float(self.store.version),
+                  "changed_fraction": 0.0, "duration_s": 0.0, "kept_fraction": 0.0}
         if len(self.store) == 0:
-            return {"iteration": float(iteration if iteration is not None else -1), "round": float(self.store.version),
-                    "changed_fraction": 0.0, "duration_s": 0.0, "kept_fraction": 0.0}
+            return record
         start = time.perf_counter()
         labels = self._predict()
-        keep = self._quality_keep() if self.quality_threshold > 0 else None
-        changed = self.store.update(labels, keep)
+        changed = self.store.update(labels, self._quality_keep() if self.quality_threshold > 0 else None)
         duration = time.perf_counter() - start
-        record = {
-            "iteration": float(iteration if iteration is not None else -1),
-            "round": float(self.store.version),
-            "changed_fraction": changed,
-            "duration_s": duration,
-            "kept_fraction": float(self.store.keep.float().mean()),
-        }
+        record.update(round=float(self.store.version), changed_fraction=changed, duration_s=duration,
+                      kept_fraction=float(self.store.keep.float().mean()))
         self.history.append(record)
         if is_main_process():
             if self.logger is not None:

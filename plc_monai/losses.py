@@ -14,7 +14,6 @@ from plc_monai._contrastive_ops import (
     class_sums_and_anchor_features,
     cosine_logits,
     draw_pixels,
-    padded_labels,
 )
 
 
@@ -23,19 +22,19 @@ __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 _MATCHING = ("intra", "inter")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class AnchorSample(NamedTuple):
     """Anchor pixels drawn by :meth:`PixelContrastiveLoss.sample_anchors`.
 
     Attributes:
-        rows: ``[R, 2]`` long. Row ``r`` is one anchor role: ``rows[r, 0]`` is the batch index of
-            the anchor image and ``rows[r, 1]`` that of its partner (``-1`` for ``"intra"``).
-            ``"intra"``: ``R = B``, row ``b`` is image ``b``. ``"inter"`` with ``P`` pairs:
-            ``R = 2P``, row ``p`` is ``(pairs[p, 0], pairs[p, 1])`` and row ``P + p`` is
-            ``(pairs[p, 1], pairs[p, 0])``.
-        pixels: ``[R, K, S]`` long, flat spatial indices (row-major over ``*spatial``) of the
-            ``S = num_samples`` anchors of each candidate class (``K`` candidate classes, in the
-            order of :attr:`PixelContrastiveLoss.candidate_classes`). Entries where ``valid`` is
-            False are meaningless.
+        rows: ``[R, 2]`` long, one anchor role per row: (anchor image, partner image or ``-1`` for
+            ``"intra"``). ``"intra"``: ``R = B``, row ``b`` is image ``b``. ``"inter"`` with ``P`` pairs:
+            ``R = 2P``, row ``p`` is ``(pairs[p, 0], pairs[p, 1])`` and row ``P + p`` the flipped pair.
+        pixels: ``[R, K, S]`` long flat spatial indices (row-major) of the ``S = num_samples`` anchors of
+            each of the ``K`` :attr:`PixelContrastiveLoss.candidate_classes`; meaningless where not ``valid``.
         valid: ``[R, K]`` bool, True where the candidate class is present in the anchor image.
     """
 
@@ -46,80 +45,25 @@ class AnchorSample(NamedTuple):
 
 class PixelContrastiveLoss(_Loss):
     """
-    Local pixel-wise contrastive loss between pixel embeddings ``features`` (``[B, D, H, W[, Z]]``,
-    the raw output of a projection head) and (pseudo-)labels (``[B, 1, H, W[, Z]]`` class ids).
-    Each sampled anchor pixel is pulled towards the mean embedding of its own class and pushed
-    away from the mean embeddings of the other classes, within its image ("intra") or within its
-    image and a partner image ("inter").
+    Local pixel-wise contrastive loss between raw pixel embeddings ``[B, D, H, W[, Z]]`` and
+    (pseudo-)labels ``[B, 1, H, W[, Z]]``: each sampled anchor pixel is pulled towards the mean embedding
+    of its own class and pushed away from the means of the other classes, within its image (``"intra"``)
+    or within its image and a partner image (``"inter"``).
 
-    The original paper:
+    Chaitanya, K., Erdil, E., Karani, N. and Konukoglu, E. (2023) Local contrastive loss with
+    pseudo-label based self-training for semi-supervised medical image segmentation.
+    Medical Image Analysis. Section III, Eq. (3)-(4).
 
-        Chaitanya, K., Erdil, E., Karani, N. and Konukoglu, E. (2023) Local contrastive loss with
-        pseudo-label based self-training for semi-supervised medical image segmentation.
-        Medical Image Analysis. Section III, Eq. (3)-(4).
-
-    Notation: ``z(x)_i`` is the embedding of pixel ``i`` of image ``x``; ``S_k(x)`` the pixels of
-    class ``k`` in ``x``; ``m_k(x) = (1/|S_k(x)|) sum_{i in S_k(x)} z(x)_i`` the class mean, taken
-    over **all** pixels of the class and over the **raw** (un-normalised) embeddings;
-    ``s(u, v) = u^T v / (||u|| ||v|| tau)`` the cosine similarity divided by the temperature;
-    ``K(x)`` the candidate classes present in ``x`` (foreground classes ``1..C-1``, plus class 0
-    when ``include_background=True``).
-
-    - ``matching="intra"`` (Eq. 4 with ``x' = x``): an anchor ``a`` of class ``c`` in ``x`` gives
-      one term ``-log( e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))} )``. The positive is in
-      the denominator.
-    - ``matching="inter"``: images are paired; an anchor ``a`` of class ``c`` in ``x`` with partner
-      ``x'`` has one shared denominator over the class means of both images,
-      ``den(a) = sum_{k in K(x)} e^{s(a, m_k(x))} + sum_{k in K(x')} e^{s(a, m_k(x'))}``, and gives
-      two terms, ``-log(e^{s(a, m_c(x))} / den(a))`` and ``-log(e^{s(a, m_c(x'))} / den(a))``.
-      The second exists only when ``c`` is present in ``x'``; a class absent from ``x'`` is not a
-      negative either. Both images of a pair are anchor images, each with the other as partner.
-      By default pair ``p`` is ``(p, p + B/2)``: the first half of the batch against the second
-      half (in the paper, 10 labeled + 10 pseudo-labeled slices).
-
-    Semantic choices:
-
-    - Anchors: for each anchor image and each candidate class present in it, ``num_samples``
-      pixels of that class drawn uniformly **with replacement** (the paper's ``|S~_c(x)| = 3``).
-      ``num_samples=None`` makes every pixel of a candidate class an anchor (deterministic).
-      With ``"inter"``, an image in several pairs draws fresh anchors for each pair.
-    - Background (class 0) is neither an anchor nor a negative unless ``include_background=True``.
-    - Classes absent from an image give no anchors and no negatives; they are skipped, never NaN.
-    - An anchor without any negative class (``"intra"``: no other candidate class in its image;
-      ``"inter"``: none in its image or its partner) gives no term. Its intra term would be exactly 0
-      and would only dilute the mean on slices with few structures; the authors avoided the case by
-      admitting only slices that hold every class.
-    - Similarities are computed in float32 (float64 inputs stay float64), with autocast disabled,
-      so the loss is safe to call inside ``torch.autocast``.
-    - Eq. (4) is written as a probability; the loss term is its negative log, as in the authors' code.
-      Eq. (3) averages over anchors of a class, then over classes. With sampling every present
-      class has ``num_samples`` anchors, so the plain mean over terms equals that average (for each
-      image, up to missing partner terms); with ``num_samples=None`` the plain mean weights each
-      class by its pixel count.
-    - Reduction ``"mean"`` is the plain mean over every term that exists, ``"sum"`` their sum and
-      ``"none"`` the 1D tensor of terms ordered by row (see :class:`AnchorSample`), then anchor
-      (class-major, then sample; or pixel order with ``num_samples=None``), then self term before
-      partner term. A batch with no term returns ``0`` still attached to ``features``.
-
-    Static shapes (graph-safe): every intermediate tensor has a shape fixed by ``B``, ``D``, the spatial
-    size, ``K`` candidate classes and ``S = num_samples``: ``num_samples`` anchors are drawn for every
-    (role, candidate class), ``[R, K, S]``, and a class absent from an image is masked (``valid``,
-    ``-inf`` similarities), never dropped. With ``check_inputs=False`` and reduction ``"mean"`` or
-    ``"sum"``, ``forward`` reads no device value on the host and calls no data-dependent-shape op
-    (boolean indexing, ``nonzero``, ``.item()``), so ``torch.compile(fullgraph=True)`` and CUDA graphs can
-    capture it; it gives the same value and gradient as with the checks on. ``"none"`` returns only
-    the terms that exist (a data-dependent length), and explicit ``pairs`` are range-checked on the host.
-
-    Differences from the authors' TensorFlow code:
-
-    - Their running sum of terms is divided by the per-pair term count ``N`` after every pair and
-      never reset, then by the number of pairs ``P``, so pair ``p = 0..P-1`` is weighted
-      ``N^-(P-p) / P`` and the last pair dominates. We take a plain mean over terms.
-    - They admit only slices whose label contains every class (background included) and use
-      hand-wired pairs (some pairing a slice with itself). We accept any slice and skip absent
-      classes; pairs are ``(p, p + B/2)`` or the caller's ``pairs``.
-    - They skip a class for both images of a pair when it is absent from either; we keep the
-      anchor's own (intra-image) term and drop only the missing partner term.
+    Anchors: ``num_samples`` pixels per candidate class present in the anchor image, drawn with replacement.
+    ``m_k(x)`` is the mean raw embedding over all pixels of class ``k`` in ``x``, ``K(x)`` the candidate
+    classes present in ``x`` and ``s(a, m) = cos(a, m) / tau``. ``"inter"`` pairs ``(p, p + B/2)`` by
+    default; both images of a pair are anchor images, and a class absent from the partner drops only the
+    partner term. Absent classes are skipped (never NaN); an anchor without any negative class gives no term.
+    Similarities are float32 (float64 stays) with autocast disabled. ``"none"`` orders the terms by row
+    (:class:`AnchorSample`), anchor (class-major), then own-image before partner term. With
+    ``check_inputs=False`` and reduction ``"mean"``/``"sum"``, ``forward`` has static shapes and no host
+    read, so ``torch.compile(fullgraph=True)`` and CUDA graphs can capture it. The formulas, edge cases and
+    the deviations from the authors' code (a plain mean over terms, any slice accepted) are in docs/loss.md.
     """
 
     def __init__(
@@ -135,32 +79,19 @@ class PixelContrastiveLoss(_Loss):
     ) -> None:
         """
         Args:
-            num_classes: number of classes ``C`` in the labels, background (class 0) included.
-                Must be at least 2.
-            matching: ``"inter"`` (default, the authors' default) matches anchors against the
-                class means of their own image and of a partner image; ``"intra"`` only against
-                their own image.
-            temperature: ``tau`` in Eq. (4), must be > 0. Defaults to 0.1 (the paper's value).
-            num_samples: anchors drawn per (image, class), uniformly with replacement. Defaults
-                to 3 (the paper's value). ``None`` uses every pixel of the class.
-            include_background: if True, class 0 is treated like any other class (anchor and
-                negative). Defaults to False, as in the paper.
-            reduction: ``"mean"`` (mean over all terms), ``"sum"`` or ``"none"`` (1D tensor of
-                terms).
-            generator: random generator for anchor sampling. Defaults to torch's global RNG.
-                ``forward`` accepts one too, which takes precedence.
-            check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range; finite
-                integral floats; valid one-hot) on every call. Each check reads a device value on the
-                host, i.e. synchronises a CUDA stream; a training loop that already feeds valid labels
-                may turn them off on the GPU. Shape checks always run (they cost nothing). With the
-                checks off, labels outside ``[0, num_classes)`` give undefined (but memory-safe)
-                results, and ``forward`` with ``reduction`` ``"mean"`` or ``"sum"`` is graph-safe (see
-                the class docstring).
+            num_classes: number of classes ``C``, background (class 0) included; at least 2.
+            matching: ``"inter"`` (the authors' default): own image and partner image; ``"intra"``: own image.
+            temperature: ``tau`` in Eq. (4), > 0 (paper: 0.1).
+            num_samples: anchors drawn per (image, class) with replacement (paper: 3); ``None``: every pixel.
+            include_background: treat class 0 as an anchor and negative class like the others.
+            reduction: ``"mean"`` (over all terms), ``"sum"`` or ``"none"`` (1D tensor of terms).
+            generator: random generator for anchor sampling (one passed to ``forward`` wins); default: global RNG.
+            check_inputs: check the values of ``features`` (NaN/Inf) and ``labels`` (range, integral floats,
+                one-hot) on every call; each check synchronises a CUDA stream. Shape checks always run. Off,
+                labels outside ``[0, num_classes)`` give undefined (memory-safe) results.
 
         Raises:
-            ValueError: when ``num_classes < 2``, ``temperature <= 0``, ``num_samples`` is neither
-                None nor an int >= 1, ``matching`` is not ``"intra"``/``"inter"`` or
-                ``reduction`` is not a ``LossReduction`` value.
+            ValueError: for an invalid ``num_classes``, ``temperature``, ``num_samples``, ``matching`` or ``reduction``.
             TypeError: when ``generator`` is not a ``torch.Generator`` or None.
         """
         try:
@@ -170,15 +101,13 @@ class PixelContrastiveLoss(_Loss):
                 f"reduction must be one of {[r.value for r in LossReduction]}, got {reduction!r}."
             ) from None
         super().__init__(reduction=reduction_value)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if not _is_int(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}.")
         if matching not in _MATCHING:
             raise ValueError(f"matching must be one of {_MATCHING}, got {matching!r}.")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}.")
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-        ):
+        if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
             raise ValueError(f"num_samples must be None or an int >= 1, got {num_samples!r}.")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
@@ -193,16 +122,11 @@ class PixelContrastiveLoss(_Loss):
     @property
     def candidate_classes(self) -> list[int]:
         """Class ids that can be anchors and negatives: ``1..C-1``, or ``0..C-1`` with background."""
-        return list(range(self._first_candidate, self.num_classes))
-
-    @property
-    def _first_candidate(self) -> int:
-        return 0 if self.include_background else 1
+        return list(range(int(not self.include_background), self.num_classes))
 
     def _candidate_ids(self, device: torch.device) -> torch.Tensor:
-        """:attr:`candidate_classes` as a long tensor made on ``device`` (a tensor from a Python list would
-        need a host-to-device copy, which blocks on CUDA)."""
-        return torch.arange(self._first_candidate, self.num_classes, device=device)
+        """:attr:`candidate_classes` made on ``device`` (no blocking host-to-device copy)."""
+        return torch.arange(int(not self.include_background), self.num_classes, device=device)
 
     # ------------------------------------------------------------------ input handling
     def _class_ids(self, labels: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -211,27 +135,11 @@ class PixelContrastiveLoss(_Loss):
         ndim = len(spatial) + 2
         if not isinstance(labels, torch.Tensor):
             raise ValueError(f"labels must be a tensor, got {type(labels).__name__}.")
-        if labels.ndim == ndim and labels.shape[1] == self.num_classes:
-            onehot = labels
-            if tuple(onehot.shape[2:]) != spatial or onehot.shape[0] != batch:
-                raise ValueError(
-                    f"one-hot labels shape {tuple(labels.shape)} does not match features shape "
-                    f"{shape} in batch or spatial size."
-                )
-            if not self.check_inputs:
-                return onehot.argmax(dim=1).reshape(batch, -1)
-            if onehot.is_floating_point() and not torch.isfinite(onehot).all():
-                raise ValueError("one-hot labels contain NaN or Inf.")
-            if not (((onehot == 0) | (onehot == 1)).all() and (onehot.sum(dim=1) == 1).all()):
-                raise ValueError(
-                    f"labels with {self.num_classes} channels must be one-hot (values 0/1, exactly one 1 "
-                    "per pixel)."
-                )
-            return onehot.argmax(dim=1).reshape(batch, -1)
-        if labels.ndim == ndim and labels.shape[1] == 1:
-            ids = labels[:, 0]
-        elif labels.ndim == ndim - 1:
+        onehot = labels.ndim == ndim and labels.shape[1] == self.num_classes
+        if onehot or labels.ndim == ndim - 1:
             ids = labels
+        elif labels.ndim == ndim and labels.shape[1] == 1:
+            ids = labels[:, 0]
         else:
             raise ValueError(
                 f"labels must be [B, 1, *spatial] class ids, [B, {self.num_classes}, *spatial] one-hot or "
@@ -239,12 +147,18 @@ class PixelContrastiveLoss(_Loss):
             )
         if ids.shape[0] != batch:
             raise ValueError(f"batch size mismatch: features {shape}, labels {tuple(labels.shape)}.")
-        if tuple(ids.shape[1:]) != spatial:
-            raise ValueError(
-                f"spatial shape mismatch: features {shape}, labels {tuple(labels.shape)}."
-            )
-        if ids.dtype == torch.bool:
-            ids = ids.long()
+        if tuple(ids.shape[ids.ndim - len(spatial):]) != spatial:
+            raise ValueError(f"spatial shape mismatch: features {shape}, labels {tuple(labels.shape)}.")
+        if onehot:
+            if self.check_inputs:
+                if ids.is_floating_point() and not torch.isfinite(ids).all():
+                    raise ValueError("one-hot labels contain NaN or Inf.")
+                if not (((ids == 0) | (ids == 1)).all() and (ids.sum(dim=1) == 1).all()):
+                    raise ValueError(
+                        f"labels with {self.num_classes} channels must be one-hot (values 0/1, exactly one 1 "
+                        "per pixel)."
+                    )
+            return ids.argmax(dim=1).reshape(batch, -1)
         if ids.is_floating_point() and self.check_inputs:
             if not torch.isfinite(ids).all():
                 raise ValueError("labels contain NaN or Inf.")
@@ -292,9 +206,6 @@ class PixelContrastiveLoss(_Loss):
     ) -> AnchorSample:
         """Draw anchor pixels exactly as ``forward`` would with the same generator state.
 
-        Calling this with a generator seeded to ``s`` and then ``forward`` with another generator
-        seeded to ``s`` uses the same anchors, which lets tests and users inspect the draws.
-
         Args:
             labels: ``[B, 1, *spatial]`` class ids or ``[B, C, *spatial]`` one-hot (the channel dimension
                 is required here, since there are no features to tell the layouts apart).
@@ -316,9 +227,8 @@ class PixelContrastiveLoss(_Loss):
             )
         class_ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
         self._check_label_range(class_ids)
-        labels_pad, block = padded_labels(class_ids, torch.float32)
         classes = self._candidate_ids(class_ids.device).to(torch.float32)
-        per_block = class_masks(labels_pad, classes, block)[1]
+        labels_pad, _, per_block = class_masks(class_ids, classes)
         roles = self._roles(class_ids.shape[0], pairs, class_ids.device)
         pixels, present = draw_pixels(labels_pad, classes, per_block, class_ids.shape[1], roles[:, 0],
                                       self.num_samples, generator if generator is not None else self.generator)
@@ -333,30 +243,25 @@ class PixelContrastiveLoss(_Loss):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """
-        The steps of Eq. (3)-(4), one method each: draw the anchors ``a`` (:meth:`_draw_anchors`), take the
-        class means ``m_k(x)`` and the anchors' embeddings (:meth:`_class_means`), the similarities
-        ``s(a, m_k)`` to the means of the anchor image and of its partner (:meth:`_similarities`), then the
-        terms (:meth:`_intra_terms` or :meth:`_inter_terms`) and their reduction (:meth:`_reduce`).
+        The steps of Eq. (3)-(4): anchors ``a``, class means ``m_k(x)``, similarities ``s(a, m_k)`` to the
+        means of the anchor image and its partner, the terms and their reduction.
 
         Args:
             features: ``[B, D, *spatial]`` pixel embeddings (raw projection-head output), 2D or 3D.
-            labels: ``[B, 1, *spatial]`` integer class ids in ``[0, num_classes)`` (labels or
-                pseudo-labels; float tensors holding integers are accepted), or one-hot
-                ``[B, num_classes, *spatial]`` (float or int), or ``[B, *spatial]`` class ids.
-            pairs: ``"inter"`` only: optional ``[P, 2]`` integer tensor of batch indices; each row is
-                one pair and both of its images are anchor images. Defaults to ``(p, p + B/2)``.
-            generator: random generator for this call; defaults to the constructor's, then torch's
-                global RNG.
+            labels: ``[B, 1, *spatial]`` integer class ids in ``[0, num_classes)`` (float tensors holding
+                integers are accepted), one-hot ``[B, num_classes, *spatial]`` or ``[B, *spatial]`` class ids.
+            pairs: ``"inter"`` only: optional ``[P, 2]`` integer batch indices, both images of a row being
+                anchor images. Defaults to ``(p, p + B/2)``.
+            generator: random generator for this call; defaults to the constructor's, then the global RNG.
 
         Returns:
             A scalar for ``"mean"``/``"sum"``, a 1D tensor of terms for ``"none"``; float32, or
             float64 for float64 features.
 
         Raises:
-            ValueError: when features are not ``[B, D, *spatial]`` or contain NaN/Inf, when labels do
-                not match features in batch or spatial size, hold values outside ``[0, num_classes)``
-                or are not one-hot, when ``pairs`` is malformed or given with ``"intra"``, or when the
-                batch size is odd with the default ``"inter"`` pairing.
+            ValueError: for malformed or non-finite features, labels that do not match the features or are
+                out of range or not one-hot, malformed ``pairs`` or ``pairs`` with ``"intra"``, or an odd
+                batch with the default ``"inter"`` pairing.
         """
         if not isinstance(features, torch.Tensor) or features.ndim < 3:
             raise ValueError(
@@ -373,16 +278,15 @@ class PixelContrastiveLoss(_Loss):
         with torch.autocast(device_type=features.device.type, enabled=False):
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
             z = features.to(dtype).reshape(batch, dim, -1)  # z(x)_i: [B, D, N]
-            labels_pad, block = padded_labels(class_ids, dtype)  # [B, N_pad]
             classes = self._candidate_ids(features.device)  # [K]
-            masks, per_block = class_masks(labels_pad, classes.to(dtype), block)  # [B, K, N_pad], [B, K, nb]
+            # labels padded to whole blocks [B, N_pad], one-hot masks [B, K, N_pad], counts per block [B, K, nb]
+            labels_pad, masks, per_block = class_masks(class_ids, classes.to(dtype))
             in_class = per_block.sum(dim=-1).to(dtype)  # |S_k(x)|: [B, K]
             present = in_class > 0  # k in K(x): [B, K]
 
             pixels, anchor_class, valid = self._draw_anchors(class_ids, labels_pad, classes, per_block, image, generator)
-            # an anchor without any negative class (none other present in its image, nor in its partner's for
-            # "inter") has no contrast: its intra term is exactly 0, its inter terms only balance two means
-            # of its own class. It gives no term rather than diluting the mean.
+            # an anchor without any negative class (none other in its image, nor in its partner's for "inter")
+            # has no contrast; it gives no term rather than diluting the mean
             seen = present[image] if self.matching == "intra" else present[image] | present[partner]  # [R, K]
             valid = valid & (seen.sum(dim=1, keepdim=True) >= 2)  # [R, A]
 
@@ -406,19 +310,10 @@ class PixelContrastiveLoss(_Loss):
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Step 1: the anchors ``a`` of each role, ``num_samples`` per candidate class present in the anchor image.
 
-        Args:
-            class_ids: ``[B, N]`` long class ids.
-            labels_pad: ``[B, N_pad]`` float class ids padded to whole blocks.
-            classes: ``[K]`` long candidate class ids.
-            per_block: ``[B, K, nb]`` pixels of each candidate class per block.
-            image: ``[R]`` anchor image of each role.
-            generator: random generator or None.
-
         Returns:
-            ``pixels [R, A]`` (flat pixel indices, class-major then sample; None with ``num_samples=None``,
-            where every pixel is an anchor, ``A = N``), ``anchor_class [R, A]`` (the anchor's class as a
-            position in ``classes``; -1 for a non-candidate pixel) and ``valid [R, A]`` (the anchor exists:
-            its class is a candidate present in the anchor image).
+            ``pixels [R, A]`` flat pixel indices (class-major, then sample; None with ``num_samples=None``, where
+            every pixel is an anchor), ``anchor_class [R, A]`` (position in ``classes``, -1 for a non-candidate
+            pixel) and ``valid [R, A]`` (the anchor's class is a candidate present in the anchor image).
         """
         n_roles, n_classes = image.shape[0], classes.shape[0]
         if self.num_samples is None:
@@ -436,18 +331,8 @@ class PixelContrastiveLoss(_Loss):
         self, z: torch.Tensor, masks: torch.Tensor, in_class: torch.Tensor, image: torch.Tensor,
         pixels: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 2: the class means ``m_k(x)`` over all pixels of each class, and the anchors' embeddings.
-
-        Args:
-            z: ``[B, D, N]`` raw embeddings.
-            masks: ``[B, K, N]`` one-hot masks of the candidate classes.
-            in_class: ``[B, K]`` pixels per class, ``|S_k(x)|``.
-            image: ``[R]`` anchor image of each role.
-            pixels: ``[R, A]`` anchor pixels, or None when every pixel is an anchor.
-
-        Returns:
-            ``means [B, K, D]`` and ``anchors [R, A, D]``, both normalised to unit length (the cosine of
-            ``s(u, v)``). The mean of a class absent from an image is 0.
+        """Step 2: unit-norm class means ``m_k(x)`` ``[B, K, D]`` over all pixels of each class (0 for an absent
+        class) and unit-norm anchor embeddings ``[R, A, D]``, from ``z [B, D, N]`` and ``masks [B, K, N]``.
 
         Raises:
             ValueError: with ``check_inputs``, when the features hold NaN/Inf or overflow when summed.
@@ -467,18 +352,9 @@ class PixelContrastiveLoss(_Loss):
     def _similarities(
         self, anchors: torch.Tensor, means: torch.Tensor, present: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        """Step 3: ``s(a, m_k) = cos(a, m_k) / tau`` of every anchor with every class mean of one image per role.
-
-        Args:
-            anchors: ``[R, A, D]`` unit-norm anchor embeddings.
-            means: ``[R, K, D]`` unit-norm class means of the image each role compares with.
-            present: ``[R, K]`` which classes that image holds.
-            valid: ``[R, A]`` which anchors give terms.
-
-        Returns:
-            ``[R, A, K]``: ``-inf`` for a class absent from the image (no mean, no negative), and 0 in the
-            rows of anchors that give no term, so that ``logsumexp`` and its gradient stay finite.
-        """
+        """Step 3: ``s(a, m_k)`` ``[R, A, K]`` of anchors ``[R, A, D]`` with the means ``[R, K, D]`` of one image
+        per role: ``-inf`` for a class absent from it (``present [R, K]``), 0 in the rows of anchors that give no
+        term (``valid [R, A]``), so that ``logsumexp`` and its gradient stay finite."""
         similarity = cosine_logits(anchors, means) / self.temperature
         similarity = similarity.masked_fill(~present[:, None, :], float("-inf"))
         return torch.where(valid[..., None], similarity, torch.zeros_like(similarity))
@@ -487,7 +363,7 @@ class PixelContrastiveLoss(_Loss):
     def _intra_terms(
         own: torch.Tensor, anchor_class: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 4, ``"intra"``: ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})`` per anchor.
+        """Step 4, ``"intra"``: ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})``.
 
         Returns:
             ``terms [R, A]`` and ``exists [R, A]``.
@@ -500,19 +376,9 @@ class PixelContrastiveLoss(_Loss):
         own: torch.Tensor, other: torch.Tensor, anchor_class: torch.Tensor, valid: torch.Tensor,
         partner_present: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 4, ``"inter"``: ``-log(e^{s(a, m_c(x))} / den(a))`` and ``-log(e^{s(a, m_c(x'))} / den(a))``,
-        with ``den(a)`` summed over the class means of both images; the second only when ``c`` is in ``x'``.
-
-        Args:
-            own: ``[R, A, K]`` similarities with the anchor image's class means.
-            other: ``[R, A, K]`` similarities with the partner's class means.
-            anchor_class: ``[R, A]`` the anchor's class as a position in the candidate classes.
-            valid: ``[R, A]`` which anchors give terms.
-            partner_present: ``[R, K]`` which classes the partner holds.
-
-        Returns:
-            ``terms [R, A, 2]`` (own-image term, partner term) and ``exists [R, A, 2]``.
-        """
+        """Step 4, ``"inter"``: ``-log(e^{s(a, m_c(x))} / den(a))`` and, when ``c`` is in ``x'``,
+        ``-log(e^{s(a, m_c(x'))} / den(a))``, from the similarities ``own``/``other`` ``[R, A, K]`` with the
+        anchor image's and the partner's means; terms and exists ``[R, A, 2]``."""
         c = anchor_class.clamp_min(0)
         log_den = torch.logsumexp(torch.cat([own, other], dim=-1), dim=-1)
         partner_term = valid & partner_present.gather(1, c)

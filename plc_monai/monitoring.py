@@ -1,11 +1,5 @@
-"""Warnings about degenerate training data that does not stop training but deserves a look.
-
-Small labeled sets make some situations likely: a structure absent from the labeled pool or from
-the labeled slices of a batch, or a network early in training whose pseudo-labels are background
-everywhere. The losses stay finite in all of them (the Dice loss is smoothed, the contrastive loss
-skips absent classes), so training goes on; :class:`DegenerateBatchMonitor` says once per
-condition that it happened.
-"""
+"""Warnings about degenerate training data (absent structures, all-background pseudo-labels) that the losses
+survive but that deserve a look."""
 
 from __future__ import annotations
 
@@ -36,19 +30,15 @@ class DegenerateBatchMonitor:
 
     Conditions:
 
-    - ``labeled_pool_missing``: a structure is absent from every labeled slice (checked once, at
-      ``STARTED``, from ``engine.labeled.labels``).
+    - ``labeled_pool_missing``: a structure is absent from every labeled slice (checked at ``STARTED``).
     - ``batch_missing``: a structure is absent from the labels the segmentation loss saw in the last
-      iteration before a check (the labeled slices of the batch; with self-training also the
-      pseudo-labeled ones).
+      iteration before a check.
     - ``pseudo_background_volumes``: after a pseudo-label refresh, some unlabeled volumes'
       pseudo-labels are background everywhere; ``pseudo_background_all`` when all of them are.
     - ``non_finite_loss``: the last iteration's loss is NaN or Inf.
 
-    Checks run every ``interval`` iterations only, so the device is synchronised only then: the
-    monitor wraps ``engine.seg_loss`` to keep a reference to the labels it receives (no copy), and
-    reads them, the pseudo-label store (when its version changed) and ``state.output["loss"]`` at
-    the check. ``counts`` holds how many checks met each condition.
+    Checks run (and synchronise the device) every ``interval`` iterations only; the monitor wraps
+    ``engine.seg_loss`` to keep a reference to its labels. ``counts`` holds how many checks met each condition.
 
     Args:
         num_classes: classes including background.
@@ -102,8 +92,7 @@ class DegenerateBatchMonitor:
     # --- checks ----------------------------------------------------------------------------------
     def check_labeled_pool(self, engine: Engine) -> None:
         """Structures absent from every labeled slice of the training set."""
-        pool = getattr(engine, "labeled", None)
-        labels = getattr(pool, "labels", None)
+        labels = getattr(getattr(engine, "labeled", None), "labels", None)
         if labels is None or labels.numel() == 0:
             return
         absent = self._absent(labels)

@@ -15,34 +15,18 @@ __all__ = ["ContrastiveHeadUNet", "TrainForward"]
 
 
 def _conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, plain: bool = False) -> nn.Module:
-    """A ``kernel_size`` convolution followed by batch norm and ReLU, or a plain convolution when ``plain``.
-
-    Plain convolutions are the last layers of both heads (no BN/ReLU, as in the paper).
-    """
-    if plain:
-        return Convolution(
-            spatial_dims, in_channels, out_channels, kernel_size=kernel_size, conv_only=True, bias=True
-        )
+    """A ``kernel_size`` convolution + batch norm + ReLU, or only the convolution (``plain``: last layer of a head)."""
     return Convolution(
-        spatial_dims,
-        in_channels,
-        out_channels,
-        kernel_size=kernel_size,
-        act="RELU",
-        norm="BATCH",
-        adn_ordering="NA",
-        bias=True,
+        spatial_dims, in_channels, out_channels, kernel_size=kernel_size, act="RELU", norm="BATCH", adn_ordering="NA",
+        bias=True, conv_only=plain,
     )
 
 
-class _DoubleConv(nn.Sequential):
+def _double_conv(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3 conv + BN + ReLU layers: one encoder block, or the tail of one decoder block."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            _conv(spatial_dims, in_channels, out_channels, 3),
-            _conv(spatial_dims, out_channels, out_channels, 3),
-        )
+    return nn.Sequential(
+        _conv(spatial_dims, in_channels, out_channels, 3), _conv(spatial_dims, out_channels, out_channels, 3)
+    )
 
 
 class _UpBlock(nn.Module):
@@ -52,7 +36,7 @@ class _UpBlock(nn.Module):
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.up_conv = _conv(spatial_dims, in_channels, skip_channels, 3)
-        self.convs = _DoubleConv(spatial_dims, 2 * skip_channels, out_channels)
+        self.convs = _double_conv(spatial_dims, 2 * skip_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up_conv(self.upsample(x))
@@ -60,26 +44,14 @@ class _UpBlock(nn.Module):
 
 
 class ContrastiveHeadUNet(nn.Module):
-    """UNet with a segmentation head and a pixel-contrastive projection head.
+    """UNet with a segmentation head and a pixel-contrastive projection head (layers: docs/method.md).
 
-    The backbone ``c_theta`` is an encoder of ``len(channels)`` blocks (two 3x3 conv + BN + ReLU each,
-    2x2 max-pool after every block but the last) and a decoder of ``len(channels) - 1`` blocks (x2
-    nearest upsampling, a 3x3 conv + BN + ReLU to the skip's width, concatenation with the encoder
-    skip, two 3x3 conv + BN + ReLU). Two heads read the backbone's full-resolution output:
-
-    - segmentation head ``g_xi``: three 3x3 convs, the last without BN/ReLU, giving ``num_classes`` logits;
-    - contrastive head ``h_phi``: two 1x1 convs, the last without BN/ReLU, giving ``embedding_dim``
-      channels per pixel (raw, not normalised: :class:`plc_monai.losses.PixelContrastiveLoss`
-      normalises them).
-
-    ``forward`` returns only the segmentation logits so that the module works unchanged with MONAI
-    inferers, ``verify_net_in_out``, TorchScript export and MONAI Deploy; training code calls
-    :meth:`forward_train` for ``(logits, embedding)``. Train and inference share the class and the
-    state-dict keys.
-
-    Deviation from the authors' TensorFlow code: their up-sampling convolution is 2x2; we use 3x3
-    (symmetric padding, same receptive field order) and two 3x3 convs in every decoder block as the
-    paper's text says (their last block has one).
+    The backbone ``c_theta`` is an encoder of ``len(channels)`` double-conv blocks with max-pooling and a
+    decoder of ``len(channels) - 1`` up-sampling blocks with skips. The segmentation head ``g_xi`` (three
+    3x3 convs) gives ``num_classes`` logits; the contrastive head ``h_phi`` (two 1x1 convs) gives
+    ``embedding_dim`` raw (un-normalised) channels per pixel. ``forward`` returns only the logits, so the
+    module works unchanged with MONAI inferers, TorchScript and MONAI Deploy; training calls
+    :meth:`forward_train`. Unlike the authors' code, the up-sampling convolution is 3x3 (theirs 2x2).
 
     Args:
         spatial_dims: 2 for slices ``[B, C, H, W]`` (the paper), 3 for volumes ``[B, C, H, W, D]``.
@@ -122,8 +94,8 @@ class ContrastiveHeadUNet(nn.Module):
         self.embedding_dim = embedding_dim
         self.divisor = 2 ** (len(channels) - 1)
 
-        widths_in = (in_channels, *channels[:-1])
-        self.encoder = nn.ModuleList(_DoubleConv(spatial_dims, c_in, c_out) for c_in, c_out in zip(widths_in, channels))
+        inputs = (in_channels, *channels[:-1])
+        self.encoder = nn.ModuleList(_double_conv(spatial_dims, c_in, c_out) for c_in, c_out in zip(inputs, channels))
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
         self.decoder = nn.ModuleList(
             # the deeper stage (bottleneck or previous decoder block) always has width channels[level + 1]
@@ -143,10 +115,11 @@ class ContrastiveHeadUNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
                 # He-normal initialisation as in the authors' code (fan-in, ReLU gain), zero biases.
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                nn.init.zeros_(module.bias)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared encoder-decoder ``c_theta``: images ``[B, in_channels, H, W[, D]]`` (each spatial size
+        divisible by ``2 ** (len(channels) - 1)``) to full-resolution features ``[B, channels[0], H, W[, D]]``."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"expected input of shape [B, C, {'H, W' if self.spatial_dims == 2 else 'H, W, D'}], got {list(x.shape)}."
@@ -157,18 +130,6 @@ class ContrastiveHeadUNet(nn.Module):
                     f"spatial size {list(x.shape[2:])} is not divisible by {self.divisor} "
                     f"(2 ** number of poolings); crop or pad the input to a multiple of {self.divisor}."
                 )
-
-    def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared encoder-decoder ``c_theta``.
-
-        Args:
-            x: images ``[B, in_channels, H, W]`` (or ``[B, in_channels, H, W, D]``), each spatial size
-                divisible by ``2 ** (len(channels) - 1)``.
-
-        Returns:
-            Full-resolution features ``[B, channels[0], H, W]``.
-        """
-        self._check_input(x)
         skips: list[torch.Tensor] = []
         last = len(self.encoder) - 1
         for level, block in enumerate(self.encoder):
@@ -181,26 +142,13 @@ class ContrastiveHeadUNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits.
-
-        Args:
-            x: images ``[B, in_channels, H, W]``.
-
-        Returns:
-            Logits ``[B, num_classes, H, W]``.
-        """
+        """Segmentation logits ``[B, num_classes, H, W]`` of images ``[B, in_channels, H, W]``."""
         return self.seg_head(self.backbone(x))
 
     @torch.jit.export
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Segmentation logits and contrastive embeddings from one pass through the backbone.
-
-        Args:
-            x: images ``[B, in_channels, H, W]``.
-
-        Returns:
-            ``(logits [B, num_classes, H, W], embedding [B, embedding_dim, H, W])``.
-        """
+        """``(logits [B, num_classes, H, W], embedding [B, embedding_dim, H, W])`` of images ``[B, in_channels, H, W]``
+        from one pass through the backbone."""
         features = self.backbone(x)
         return self.seg_head(features), self.contrastive_head(features)
 
@@ -208,10 +156,8 @@ class ContrastiveHeadUNet(nn.Module):
 class TrainForward(nn.Module):
     """``forward`` = ``network.forward_train``: the view to wrap in ``DistributedDataParallel``.
 
-    DDP synchronises gradients only through the wrapped module's ``forward``; calling
-    ``ddp.module.forward_train`` would bypass it. Wrap this view instead:
-    ``DistributedDataParallel(TrainForward(net))`` returns ``(logits, embedding)`` with synchronised
-    gradients, while ``net`` itself (same parameters) stays what inference and export use.
+    DDP synchronises gradients only through the wrapped module's ``forward``, so
+    ``DistributedDataParallel(TrainForward(net))`` trains ``net``, which inference and export keep using.
 
     Args:
         network: a module with ``forward_train(x) -> (logits, embedding)``.

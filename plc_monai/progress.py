@@ -21,10 +21,8 @@ __all__ = ["TrainingProgress"]
 class TrainingProgress:
     """Log ``phase | iteration/total | losses | it/s | ETA`` every ``log_interval`` iterations.
 
-    The trainer's output holds losses as device tensors; reading them forces a host-device
-    synchronisation, so this handler reads them only when it logs. It also writes the losses, the
-    trainer's scalar ``state.metrics`` (e.g. the pseudo-label change rate) and, when ``evaluator`` is
-    given, every validation metric (Dice per structure) to TensorBoard against the training iteration.
+    Loss tensors are read from the device (a synchronisation) only then. The losses, the trainer's scalar
+    ``state.metrics`` and the ``evaluator``'s metrics also go to TensorBoard against the training iteration.
 
     Args:
         log_interval: iterations between progress lines.
@@ -69,20 +67,17 @@ class TrainingProgress:
         text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
         engine.logger.info(f"{phase} | iteration {it}/{total} | {text} | {rate:.2f} it/s | ETA {eta}")
         if self.writer is not None:
-            for k, v in losses.items():
-                self.writer.add_scalar(f"train/{k}", v, it)
-            for k, v in engine.state.metrics.items():
-                if isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"train/{k}", v, it)
-            self.writer.flush()
+            self._write("train", {**losses, **engine.state.metrics}, it)
 
     def _log_validation(self, evaluator: Engine) -> None:
-        if self.writer is None or self.trainer is None:
-            return
-        it = self.trainer.state.iteration
-        for k, v in evaluator.state.metrics.items():
+        if self.writer is not None and self.trainer is not None:
+            self._write("val", evaluator.state.metrics, self.trainer.state.iteration)
+
+    def _write(self, prefix: str, values: dict[str, Any], iteration: int) -> None:
+        """Write the scalars among ``values`` to TensorBoard as ``<prefix>/<name>``."""
+        for k, v in values.items():
             if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
-                self.writer.add_scalar(f"val/{k}", float(v), it)
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), iteration)
         self.writer.flush()
 
     def _close(self, engine: Engine) -> None:

@@ -1,9 +1,6 @@
-"""The store of pseudo-labels of the unlabeled set: one tensor, versioned, saved in checkpoints.
-
-Nothing else holds a copy: :class:`plc_monai.handlers.PseudoLabelRefresh` overwrites the tensor in
-place and every consumer (the in-memory sampler of the trainer, or a Dataset read by DataLoader
-workers) indexes it at the moment it builds a batch. On the CPU the tensor lives in shared memory,
-so DataLoader worker processes, which were forked before a refresh, still read the current labels.
+"""The store of pseudo-labels of the unlabeled set: one tensor, versioned, saved in checkpoints, overwritten
+in place by :class:`plc_monai.handlers.PseudoLabelRefresh` and indexed by every consumer when it builds a batch
+(in shared memory on the CPU, so DataLoader workers forked earlier read the current labels).
 """
 
 from __future__ import annotations
@@ -101,10 +98,8 @@ class PseudoLabelStore:
 
 
 class PseudoLabelDataset(Dataset):
-    """A map-style dataset of ``{"image", "label"}`` where the label is read from a :class:`PseudoLabelStore`.
-
-    For pipelines that feed unlabeled slices through a DataLoader: the label is looked up when the
-    item is fetched, so a refresh is visible to the next batch even in worker processes.
+    """A map-style dataset of ``{"image", "label"}`` whose label is read from a :class:`PseudoLabelStore` when
+    the item is fetched, so a refresh is visible to the next batch even in DataLoader workers.
 
     Args:
         images: ``[N, C, *spatial]`` unlabeled images (CPU).
