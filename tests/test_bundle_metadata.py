@@ -1,5 +1,5 @@
 """Static parts of the bundles in ``bundles/``: metadata, logging config, licence files, and the
-offline checks of :mod:`plc_monai.bundle_check`."""
+offline checks of :mod:`bundle_checks`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 import plc_monai
-from plc_monai.bundle_check import check_config_properties, metadata_file, verify_bundle_metadata
-from plc_monai.data.specs import get_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bundle_checks import check_config_properties, metadata_file, verify_bundle_metadata  # noqa: E402
+from plc_monai.data.specs import get_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bundle_checks import check_config_properties  # noqa: E402
 from bundle_helpers import (  # noqa: E402
     BUNDLES,
     NAMES,
@@ -44,7 +45,6 @@ from bundle_helpers import (  # noqa: E402
     trained_bundle,
 )
 
-from plc_monai.bundle_check import check_config_properties  # noqa: E402
 from plc_monai.data.specs import get_spec  # noqa: E402
 from plc_monai.evaluation import evaluate_volume  # noqa: E402
 

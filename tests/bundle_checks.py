@@ -1,4 +1,4 @@
-"""Offline checks of a MONAI bundle folder (for tests and CI): metadata against its JSON schema, config properties."""
+"""Offline checks of a MONAI bundle folder used by the tests: metadata against its JSON schema, config properties."""
 
 from __future__ import annotations
 
