@@ -27,10 +27,6 @@ from plc_monai.reports import csv_text, format_mean_std, markdown_table, mean_st
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
-else:
-    Engine, _ = optional_import(
-        "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator"
-    )
 
 __all__ = [
     "STATUS_OK", "STATUS_MISSING_IN_PREDICTION", "STATUS_MISSING_IN_REFERENCE", "STATUS_ABSENT_IN_BOTH", "ROW_FIELDS",
@@ -45,10 +41,8 @@ STATUSES = (STATUS_OK, STATUS_MISSING_IN_PREDICTION, STATUS_MISSING_IN_REFERENCE
 
 #: Keys of one row returned by :func:`evaluate_volume`, in the order of ``per_volume.csv``.
 ROW_FIELDS = (
-    "structure", "class_index", "status", "dice", "hd95_mm", "asd_mm", "voxels_reference", "voxels_prediction",
+    "structure", "class_index", "status", "dice", "hd95_mm", "asd_mm", "voxels_reference", "voxels_prediction"
 )
-
-HD_PERCENTILE = 95.0
 
 
 def _as_label_tensor(x: Any, name: str) -> torch.Tensor:
@@ -68,29 +62,22 @@ def _as_label_tensor(x: Any, name: str) -> torch.Tensor:
     return x.long()
 
 
-def _check_label_range(x: torch.Tensor, num_classes: int, name: str) -> None:
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi >= num_classes:
+def _label_pair(pred: Any, target: Any, target_name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both label maps as int64 tensors on ``pred``'s device; same shape, labels in ``[0, num_classes - 1]``."""
+    p, t = _as_label_tensor(pred, "pred"), _as_label_tensor(target, target_name)
+    if p.shape != t.shape:
         raise ValueError(
-            f"{name} holds labels in [{lo}, {hi}]; expected class indices in [0, {num_classes - 1}] "
-            f"for num_classes={num_classes}."
+            f"pred and {target_name} must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}."
         )
-
-
-def _check_spacing(spacing: Any, spatial_dims: int) -> list[float]:
-    """``spacing`` as ``spatial_dims`` positive Python floats (MONAI rejects lists mixing int and float)."""
-    if isinstance(spacing, torch.Tensor):
-        spacing = spacing.detach().cpu().numpy()
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).ravel()
-    if values.size == 1 and spatial_dims > 1:
-        values = np.repeat(values, spatial_dims)
-    if values.size != spatial_dims:
-        raise ValueError(
-            f"spacing {spacing!r} has {values.size} values; expected {spatial_dims} (one per spatial axis)."
-        )
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
-    return [float(v) for v in values]
+    t = t.to(p.device)
+    for x, name in ((p, "pred"), (t, target_name)):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} holds labels in [{lo}, {hi}]; expected class indices in [0, {num_classes - 1}] "
+                f"for num_classes={num_classes}."
+            )
+    return p, t
 
 
 def dice_per_class(
@@ -102,38 +89,29 @@ def dice_per_class(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice per volume and class from two integer label maps, vectorised with one ``bincount``.
 
-    Each batch item is one whole volume (the authors' 3D ``f1_score``). A class absent from both maps
-    has Dice ``NaN`` and presence ``False`` (average with :func:`torch.nanmean`); a class in only one
-    map has Dice ``0.0``.
+    Each batch item is one whole volume. A class absent from both maps has Dice ``NaN`` and presence
+    ``False`` (average with :func:`torch.nanmean`); a class in only one map has Dice ``0.0``.
 
     Args:
-        pred: predicted class indices, ``[B, *spatial]``, ``[B, 1, *spatial]`` or ``[*spatial]`` (one
-            volume); integer, bool, or float holding whole numbers (e.g. ``AsDiscrete`` output).
-        target: reference class indices, same layout and shape as ``pred``.
+        pred: predicted class indices ``[B, *spatial]``, ``[B, 1, *spatial]`` or ``[*spatial]`` (one volume);
+            integer, bool, or float holding whole numbers (e.g. ``AsDiscrete`` output).
+        target: reference class indices, same shape as ``pred``.
         num_classes: number of classes, background included.
         include_background: keep class 0 in the output. Defaults to ``False``.
-        spatial_dims: number of spatial axes; decides whether the leading axis is a batch axis.
-            Defaults to 3.
+        spatial_dims: number of spatial axes; decides whether the leading axis is a batch axis. Defaults to 3.
 
     Returns:
-        ``(dice, present)``: float32 Dice ``[B, C']`` and bool presence ``[B, C']`` on the input
-        device, where ``C' = num_classes - 1`` without background, else ``num_classes``.
+        ``(dice, present)``: float32 Dice and bool presence, both ``[B, C']`` on the input device, where
+        ``C' = num_classes - 1`` without background, else ``num_classes``.
 
     Raises:
-        ValueError: when the shapes differ or do not match ``spatial_dims``, no class is left to
-            score, or a label lies outside ``[0, num_classes - 1]``.
+        ValueError: for mismatched or wrong shapes, no class to score, or labels outside ``[0, num_classes - 1]``.
     """
     if num_classes < (1 if include_background else 2):
         raise ValueError(
             f"num_classes={num_classes} leaves no class to score (include_background={include_background})."
         )
-    if spatial_dims < 1:
-        raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}.")
-    p = _as_label_tensor(pred, "pred")
-    t = _as_label_tensor(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
-    t = t.to(p.device)
+    p, t = _label_pair(pred, target, "target", num_classes)
     if p.ndim == spatial_dims:
         p, t = p.unsqueeze(0), t.unsqueeze(0)
     elif p.ndim == spatial_dims + 2 and p.shape[1] == 1:
@@ -143,8 +121,6 @@ def dice_per_class(
             f"pred has shape {tuple(p.shape)}; expected [*spatial], [B, *spatial] or [B, 1, *spatial] "
             f"with {spatial_dims} spatial axes."
         )
-    _check_label_range(p, num_classes, "pred")
-    _check_label_range(t, num_classes, "target")
 
     batch = p.shape[0]
     # one bin per (volume, class): index = b * C + k
@@ -164,18 +140,6 @@ def dice_per_class(
     return dice, present
 
 
-def _volume_labels(x: Any, spatial_dims: int, name: str) -> torch.Tensor:
-    t = _as_label_tensor(x, name).cpu()
-    if t.ndim == spatial_dims + 1 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != spatial_dims:
-        raise ValueError(
-            f"{name} has shape {tuple(t.shape)}; expected a label map [*spatial] or [1, *spatial] with "
-            f"{spatial_dims} spatial axes (one per spacing value)."
-        )
-    return t
-
-
 def evaluate_volume(
     pred: torch.Tensor | np.ndarray,
     label: torch.Tensor | np.ndarray,
@@ -185,16 +149,15 @@ def evaluate_volume(
 ) -> list[dict]:
     """Per-structure Dice, HD95 and symmetric ASD (mm) of one volume at native resolution.
 
-    Distances follow MONAI's surface definition (``docs/evaluation.md``). Distances are only computed
-    for status ``ok``; otherwise they are ``None``, and Dice is ``0.0`` (``missing_in_prediction``,
-    ``missing_in_reference``) or ``NaN`` (``absent_in_both``).
+    Distances (MONAI's surface definition, ``docs/evaluation.md``) are computed for status ``ok`` only,
+    else ``None``; Dice is then ``0.0`` (``missing_in_prediction``/``missing_in_reference``) or ``NaN``
+    (``absent_in_both``).
 
     Args:
         pred: predicted class indices ``[*spatial]`` or ``[1, *spatial]`` (numpy or torch).
         label: reference class indices, same shape as ``pred``.
-        spacing: voxel size in mm per spatial axis, in array-axis order (e.g. ``(1.25, 1.25, 10.0)``
-            for ``[X, Y, Z]``); its length sets the number of spatial axes. A single number means
-            isotropic 3D spacing.
+        spacing: voxel size in mm per array axis (e.g. ``(1.25, 1.25, 10.0)`` for ``[X, Y, Z]``); its
+            length sets the number of spatial axes; a single number means isotropic 3D spacing.
         class_names: one name per class, background first.
         include_background: also score class 0. Defaults to ``False``.
 
@@ -202,20 +165,28 @@ def evaluate_volume(
         One row per scored class, in class order, with the keys :data:`ROW_FIELDS` and Python scalars.
 
     Raises:
-        ValueError: for mismatched shapes, bad spacing, fewer than 2 class names (1 with
-            background), or labels outside ``[0, len(class_names) - 1]``.
+        ValueError: for mismatched shapes, bad spacing, no class to score, or labels outside the classes.
     """
     num_classes = len(class_names)
     if num_classes < (1 if include_background else 2):
         raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
-    spatial_dims = 3 if np.ndim(spacing) == 0 else int(np.asarray(spacing).size)
-    spacing_mm = _check_spacing(spacing, spatial_dims)
-    p = _volume_labels(pred, spatial_dims, "pred")
-    t = _volume_labels(label, spatial_dims, "label")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and label must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
-    _check_label_range(p, num_classes, "pred")
-    _check_label_range(t, num_classes, "label")
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.detach().cpu().numpy()
+    # plain Python floats: MONAI rejects a list mixing int and float
+    values = np.asarray(spacing, dtype=np.float64).ravel()
+    spacing_mm = [float(v) for v in (np.repeat(values, 3) if np.ndim(spacing) == 0 else values)]
+    if not all(np.isfinite(v) and v > 0 for v in spacing_mm):
+        raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
+    spatial_dims = len(spacing_mm)
+    p, t = _label_pair(pred, label, "label", num_classes)
+    p, t = p.cpu(), t.cpu()
+    if p.ndim == spatial_dims + 1 and p.shape[0] == 1:
+        p, t = p[0], t[0]
+    if p.ndim != spatial_dims:
+        raise ValueError(
+            f"pred has shape {tuple(p.shape)}; expected a label map [*spatial] or [1, *spatial] with "
+            f"{spatial_dims} spatial axes (one per spacing value)."
+        )
 
     counts_pred = torch.bincount(p.reshape(-1), minlength=num_classes).tolist()
     counts_ref = torch.bincount(t.reshape(-1), minlength=num_classes).tolist()
@@ -240,7 +211,7 @@ def evaluate_volume(
             mask_p, mask_t = mask_p[box][None, None], mask_t[box][None, None]
             # one channel per mask: include_background=True (the positional True below)
             row["dice"] = float(compute_dice(mask_p, mask_t, include_background=True)[0, 0])
-            hd95 = compute_hausdorff_distance(mask_p, mask_t, True, percentile=HD_PERCENTILE, spacing=spacing_mm)
+            hd95 = compute_hausdorff_distance(mask_p, mask_t, True, percentile=95, spacing=spacing_mm)
             asd = compute_average_surface_distance(mask_p, mask_t, True, symmetric=True, spacing=spacing_mm)
             row["hd95_mm"], row["asd_mm"] = float(hd95[0, 0]), float(asd[0, 0])
         rows.append(row)
@@ -254,26 +225,24 @@ def summarise(
 ) -> dict:
     """Per-structure mean ± std over volumes and the paper's mean foreground Dice.
 
-    Per structure, Dice is averaged over volumes where it is not ``absent_in_both`` (a missed
-    structure counts as 0), HD95 and ASD over volumes with status ``ok``, next to one count per
-    status. The headline number is, per volume, the mean Dice of its foreground structures that are
-    not ``absent_in_both``, then mean and std over volumes.
+    Per structure, Dice is averaged over the volumes where it is not ``absent_in_both`` (a missed structure
+    counts as 0), HD95 and ASD over those with status ``ok``. The headline number is, per volume, the mean
+    Dice of its foreground structures not ``absent_in_both``, then mean and std over volumes.
 
     Args:
         rows_by_volume: ``{volume id: rows of evaluate_volume}``.
         class_names: one name per class, background first; sets the order of the structures.
-        ddof: delta degrees of freedom of the std: ``0`` (default) the population std, ``1`` the
-            sample std.
+        ddof: delta degrees of freedom of the std: ``0`` (default) population, ``1`` sample std.
 
     Returns:
-        ``{"n_volumes", "std_ddof", "structures": [...], "mean_foreground_dice": {"mean", "std",
-        "n"}, "per_volume_mean_foreground_dice": {volume id: float | None}}``. Each structure entry
-        holds ``structure``, ``class_index``, ``n_volumes``, ``n_{status}`` per status, and
-        ``{dice,hd95_mm,asd_mm}_{mean,std,n}``. Undefined values are ``None``.
+        ``{"n_volumes", "std_ddof", "structures", "mean_foreground_dice": {"mean", "std", "n"},
+        "per_volume_mean_foreground_dice": {volume id: float | None}}``; each structure entry holds
+        ``structure``, ``class_index``, ``n_volumes``, ``n_{status}`` and ``{dice,hd95_mm,asd_mm}_{mean,std,n}``.
+        Undefined values are ``None``.
 
     Raises:
-        ValueError: when ``rows_by_volume`` is empty, ``ddof`` is negative, or a row lacks a field,
-            has an unknown status or names a class index outside ``class_names``.
+        ValueError: when ``rows_by_volume`` is empty, ``ddof`` is negative, or a row lacks a field, has an
+            unknown status or a class index outside ``class_names``.
     """
     if not rows_by_volume:
         raise ValueError("rows_by_volume is empty; expected at least one evaluated volume.")
@@ -292,7 +261,9 @@ def summarise(
                     f"volume {vol!r} has class_index {k}; expected 0..{num_classes - 1} for {list(class_names)}."
                 )
             if row["status"] not in STATUSES:
-                raise ValueError(f"volume {vol!r}, class {k}: unknown status {row['status']!r}; expected one of {STATUSES}.")
+                raise ValueError(
+                    f"volume {vol!r}, class {k}: unknown status {row['status']!r}; expected one of {STATUSES}."
+                )
             by_class.setdefault(k, []).append(row)
             if k > 0 and row["status"] != STATUS_ABSENT_IN_BOTH:
                 fg.append(float(row["dice"]))
@@ -326,10 +297,7 @@ def write_reports(
     out_dir: str | os.PathLike,
     prefix: str = "",
 ) -> dict[str, Path]:
-    """Write ``per_volume.csv``, ``summary.json`` and ``summary.md`` into ``out_dir``, atomically.
-
-    The file formats are described in ``docs/evaluation.md``; undefined values are empty CSV cells,
-    JSON ``null`` and ``n/a`` in Markdown.
+    """Write ``per_volume.csv``, ``summary.json`` and ``summary.md`` (formats: ``docs/evaluation.md``), atomically.
 
     Args:
         rows_by_volume: ``{volume id: rows of evaluate_volume}``.
@@ -397,14 +365,13 @@ def _first(value: Any) -> Any:
 class VolumeMetricsWriter:
     """Ignite handler: per-structure metrics of every evaluated volume, reports at the end.
 
-    Attach to a :class:`monai.engines.SupervisedEvaluator` whose output items hold the prediction and
-    the reference at native resolution (e.g. after ``Invertd`` and ``AsDiscreted``), channel-first
-    ``[C, *spatial]``: ``C == 1`` is a label map, ``C == len(class_names)`` is arg-maxed. Each item is
-    scored with :func:`evaluate_volume` at ``ITERATION_COMPLETED``; :func:`write_reports` runs at the
-    write event; rows are cleared at ``EPOCH_STARTED``. Spacing (mm) comes from the reference (then the
-    prediction) MetaTensor's affine, else ``batch[f"{label_key}_meta_dict"]["pixdim"]``, else
-    ``spacing``; the volume id from ``batch[id_key]``, else ``filename_or_obj`` of the reference or
-    image, else ``volume_<n>``. Single process only.
+    Attach to a :class:`monai.engines.SupervisedEvaluator` whose output items hold the prediction and the
+    reference at native resolution (e.g. after ``Invertd`` and ``AsDiscreted``), channel-first ``[C, *spatial]``
+    (``C == 1``: label map; ``C == len(class_names)``: arg-maxed). Items are scored with :func:`evaluate_volume`
+    at ``ITERATION_COMPLETED`` and :func:`write_reports` runs at ``write_event``; rows are cleared at
+    ``EPOCH_STARTED``. Spacing comes from the reference (then prediction) MetaTensor's affine, else
+    ``batch[f"{label_key}_meta_dict"]["pixdim"]``, else ``spacing``; the volume id from ``batch[id_key]``, else
+    ``filename_or_obj`` of the reference or image, else ``volume_<n>``. Single process only.
 
     Args:
         output_dir: folder for ``per_volume.csv``, ``summary.json``, ``summary.md``.
@@ -412,18 +379,16 @@ class VolumeMetricsWriter:
         include_background: also score class 0. Defaults to ``False``.
         pred_key: key of the prediction in ``engine.state.output``. Defaults to ``"pred"``.
         label_key: key of the reference in ``engine.state.output``. Defaults to ``"label"``.
-        image_key: key of the image in ``engine.state.batch``, used for the file name. Defaults to
-            ``"image"``.
+        image_key: key of the image in ``engine.state.batch``, for the file name. Defaults to ``"image"``.
         id_key: key of the volume id in ``engine.state.batch``. Defaults to ``"id"``.
-        spacing: fallback spacing in mm when the data carry none. Defaults to ``None`` (then missing
-            spacing is an error).
+        spacing: fallback spacing in mm when the data carry none; ``None`` (default) makes that an error.
         prefix: prepended to the report file names.
         write_event: ``"EPOCH_COMPLETED"`` (default) or ``"COMPLETED"``.
         ddof: std degrees of freedom passed to :func:`summarise`.
         name: logger name; the engine's logger when ``None``.
 
     Raises:
-        ValueError: for an unknown ``write_event`` or empty ``class_names``.
+        ValueError: for an unknown ``write_event`` or no class to score.
     """
 
     def __init__(
@@ -545,8 +510,7 @@ class VolumeMetricsWriter:
                 return [float(v) for v in affine_to_spacing(affine, r=x.ndim - 1).reshape(-1).tolist()]
         meta = batch_item.get(f"{self.label_key}_meta_dict")
         if isinstance(meta, Mapping) and "pixdim" in meta:
-            pixdim = np.asarray(torch.as_tensor(meta["pixdim"]).cpu(), dtype=np.float64).ravel()
-            return [float(v) for v in pixdim[1 : torch.as_tensor(label).ndim]]
+            return [float(v) for v in torch.as_tensor(meta["pixdim"]).reshape(-1)[1 : torch.as_tensor(label).ndim]]
         if self.spacing is not None:
             return list(self.spacing)
         raise ValueError(
