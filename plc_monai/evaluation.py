@@ -1,9 +1,7 @@
-"""Segmentation evaluation: fast per-class Dice for validation, per-structure Dice/HD95/ASD in mm.
+"""Segmentation evaluation: per-class Dice for validation, per-structure Dice/HD95/ASD in mm for test volumes.
 
-:func:`dice_per_class` scores integer label maps on their own device with one ``bincount``;
-:func:`evaluate_volume`, :func:`summarise`, :func:`write_reports` and :class:`VolumeMetricsWriter` are
-the test-time protocol at native resolution, with MONAI's Dice, HD95 and symmetric ASD in millimetres.
-Definitions, missing-structure statuses and report files: ``docs/evaluation.md``.
+:func:`dice_per_class` runs on the tensors' device with one ``bincount``; :func:`evaluate_volume`, :func:`summarise`,
+:func:`write_reports` and :class:`VolumeMetricsWriter` score volumes at native resolution (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -66,9 +64,7 @@ def _label_pair(pred: Any, target: Any, target_name: str, num_classes: int) -> t
     """Both label maps as int64 tensors on ``pred``'s device; same shape, labels in ``[0, num_classes - 1]``."""
     p, t = _as_label_tensor(pred, "pred"), _as_label_tensor(target, target_name)
     if p.shape != t.shape:
-        raise ValueError(
-            f"pred and {target_name} must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}."
-        )
+        raise ValueError(f"pred and {target_name} must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
     t = t.to(p.device)
     for x, name in ((p, "pred"), (t, target_name)):
         lo, hi = int(x.min()), int(x.max())
@@ -125,8 +121,7 @@ def dice_per_class(
     batch = p.shape[0]
     # one bin per (volume, class): index = b * C + k
     offset = torch.arange(batch, device=p.device).unsqueeze(1) * num_classes
-    p_idx = p.reshape(batch, -1) + offset
-    t_idx = t.reshape(batch, -1) + offset
+    p_idx, t_idx = (x.reshape(batch, -1) + offset for x in (p, t))
     n_bins = batch * num_classes
     counts_pred = torch.bincount(p_idx.reshape(-1), minlength=n_bins)
     counts_target = torch.bincount(t_idx.reshape(-1), minlength=n_bins)
@@ -170,11 +165,9 @@ def evaluate_volume(
     num_classes = len(class_names)
     if num_classes < (1 if include_background else 2):
         raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
-    if isinstance(spacing, torch.Tensor):
-        spacing = spacing.detach().cpu().numpy()
-    # plain Python floats: MONAI rejects a list mixing int and float
-    values = np.asarray(spacing, dtype=np.float64).ravel()
-    spacing_mm = [float(v) for v in (np.repeat(values, 3) if np.ndim(spacing) == 0 else values)]
+    values = torch.as_tensor(spacing, dtype=torch.float64).detach().cpu()
+    # Python floats (MONAI rejects a list mixing int and float); a single number is isotropic 3D spacing
+    spacing_mm = values.reshape(-1).repeat(3 if values.ndim == 0 else 1).tolist()
     if not all(np.isfinite(v) and v > 0 for v in spacing_mm):
         raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
     spatial_dims = len(spacing_mm)
@@ -209,10 +202,10 @@ def evaluate_volume(
             start, end = generate_spatial_bounding_box((mask_p | mask_t)[None])
             box = tuple(slice(s, e) for s, e in zip(start, end))
             mask_p, mask_t = mask_p[box][None, None], mask_t[box][None, None]
-            # one channel per mask: include_background=True (the positional True below)
+            surface = {"include_background": True, "spacing": spacing_mm}  # one channel per mask
             row["dice"] = float(compute_dice(mask_p, mask_t, include_background=True)[0, 0])
-            hd95 = compute_hausdorff_distance(mask_p, mask_t, True, percentile=95, spacing=spacing_mm)
-            asd = compute_average_surface_distance(mask_p, mask_t, True, symmetric=True, spacing=spacing_mm)
+            hd95 = compute_hausdorff_distance(mask_p, mask_t, percentile=95, **surface)
+            asd = compute_average_surface_distance(mask_p, mask_t, symmetric=True, **surface)
             row["hd95_mm"], row["asd_mm"] = float(hd95[0, 0]), float(asd[0, 0])
         rows.append(row)
     return rows
@@ -269,24 +262,22 @@ def summarise(
                 fg.append(float(row["dice"]))
         per_volume[str(vol)] = float(np.mean(fg)) if fg else None
 
-    head_mean, head_std, head_n = mean_std(list(per_volume.values()), ddof)
+    head = dict(zip(("mean", "std", "n"), mean_std(list(per_volume.values()), ddof)))
     structures = []
     for k in sorted(by_class):
         rows = by_class[k]
         entry: dict[str, Any] = {"structure": str(class_names[k]), "class_index": k, "n_volumes": len(rows)}
-        for status in STATUSES:
-            entry[f"n_{status}"] = sum(1 for r in rows if r["status"] == status)
+        entry.update({f"n_{status}": sum(r["status"] == status for r in rows) for status in STATUSES})
         defined = [r for r in rows if r["status"] != STATUS_ABSENT_IN_BOTH]
         ok = [r for r in rows if r["status"] == STATUS_OK]
         for key, source in (("dice", defined), ("hd95_mm", ok), ("asd_mm", ok)):
-            mean, std, n = mean_std([r[key] for r in source], ddof)
-            entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_n"] = mean, std, n
+            entry.update(zip((f"{key}_mean", f"{key}_std", f"{key}_n"), mean_std([r[key] for r in source], ddof)))
         structures.append(entry)
     return {
         "n_volumes": len(rows_by_volume),
         "std_ddof": ddof,
         "structures": structures,
-        "mean_foreground_dice": {"mean": head_mean, "std": head_std, "n": head_n},
+        "mean_foreground_dice": head,
         "per_volume_mean_foreground_dice": per_volume,
     }
 
@@ -325,16 +316,11 @@ def write_reports(
     per_volume = {str(v): [dict(r) for r in rows] for v, rows in rows_by_volume.items()}
     write_json(paths["summary_json"], {**summary, "per_volume": per_volume})
 
-    table = [
-        [
-            s["structure"],
-            format_mean_std(s["dice_mean"], s["dice_std"], 3),
-            format_mean_std(s["hd95_mm_mean"], s["hd95_mm_std"], 2),
-            format_mean_std(s["asd_mm_mean"], s["asd_mm_std"], 2),
-            f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}",
-        ]
-        for s in summary["structures"]
-    ]
+    digits = {"dice": 3, "hd95_mm": 2, "asd_mm": 2}
+    table = []
+    for s in summary["structures"]:
+        spreads = [format_mean_std(s[f"{key}_mean"], s[f"{key}_std"], d) for key, d in digits.items()]
+        table.append([s["structure"], *spreads, f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}"])
     head = summary.get("mean_foreground_dice", {})
     lines = [
         f"# Segmentation metrics ({summary.get('n_volumes', len(rows_by_volume))} volumes)",
@@ -388,7 +374,7 @@ class VolumeMetricsWriter:
         name: logger name; the engine's logger when ``None``.
 
     Raises:
-        ValueError: for an unknown ``write_event`` or no class to score.
+        ValueError: for an unknown ``write_event``.
     """
 
     def __init__(
@@ -408,8 +394,6 @@ class VolumeMetricsWriter:
     ) -> None:
         if write_event not in ("EPOCH_COMPLETED", "COMPLETED"):
             raise ValueError(f"write_event must be 'EPOCH_COMPLETED' or 'COMPLETED', got {write_event!r}.")
-        if len(class_names) < (1 if include_background else 2):
-            raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
         self.output_dir = Path(output_dir)
         self.class_names = tuple(str(c) for c in class_names)
         self.include_background = include_background
@@ -447,16 +431,14 @@ class VolumeMetricsWriter:
             ValueError: when an item lacks the prediction or reference, has no spacing, or repeats a
                 volume id already scored in this epoch.
         """
-        outputs = engine.state.output
-        batch = engine.state.batch
+        outputs, batch = engine.state.output, engine.state.batch
         if isinstance(outputs, Mapping):  # evaluator built with decollate=False
             outputs = decollate_batch(outputs)
         if isinstance(batch, Mapping):
             batch = decollate_batch(batch)
         if not isinstance(outputs, Sequence):
             raise ValueError(f"engine.state.output is a {type(outputs).__name__}; expected a dict or a list of dicts.")
-        if not isinstance(batch, Sequence) or len(batch) != len(outputs):
-            batch = [{} for _ in outputs]
+        batch = batch if isinstance(batch, Sequence) and len(batch) == len(outputs) else [{}] * len(outputs)
         for item, batch_item in zip(outputs, batch):
             for key in (self.pred_key, self.label_key):
                 if key not in item:
@@ -490,24 +472,18 @@ class VolumeMetricsWriter:
 
     def _label_map(self, x: Any, what: str, vol: str) -> torch.Tensor:
         t = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
-        if t.ndim < 2:
+        n = len(self.class_names)
+        if t.ndim < 2 or t.shape[0] not in (1, n):
             raise ValueError(
-                f"volume {vol!r}: {what} has shape {tuple(t.shape)}; expected channel-first [C, *spatial]."
+                f"volume {vol!r}: {what} has shape {tuple(t.shape)}; expected channel-first [C, *spatial] with "
+                f"C = 1 (label map) or {n} (one channel per class)."
             )
-        if t.shape[0] == 1:
-            return t[0]
-        if t.shape[0] == len(self.class_names):
-            return torch.argmax(t, dim=0)
-        raise ValueError(
-            f"volume {vol!r}: {what} has {t.shape[0]} channels; expected 1 (label map) or "
-            f"{len(self.class_names)} (one channel per class)."
-        )
+        return t[0] if t.shape[0] == 1 else torch.argmax(t, dim=0)
 
     def _spacing(self, label: Any, pred: Any, batch_item: Mapping, vol: str) -> list[float]:
         for x in (label, pred):
             if isinstance(x, MetaTensor) and any(k in x.meta for k in ("filename_or_obj", "pixdim", "original_affine")):
-                affine = torch.as_tensor(x.affine).detach().cpu()
-                return [float(v) for v in affine_to_spacing(affine, r=x.ndim - 1).reshape(-1).tolist()]
+                return [float(v) for v in affine_to_spacing(x.affine.detach().cpu(), r=x.ndim - 1).reshape(-1)]
         meta = batch_item.get(f"{self.label_key}_meta_dict")
         if isinstance(meta, Mapping) and "pixdim" in meta:
             return [float(v) for v in torch.as_tensor(meta["pixdim"]).reshape(-1)[1 : torch.as_tensor(label).ndim]]

@@ -19,9 +19,8 @@ __all__ = ["StructureDice"]
 class StructureDice(Metric):
     """Dice of every foreground structure, averaged over the validation volumes.
 
-    Reports each structure as a ``{prefix}{name}`` scalar in ``engine.state.metrics`` (MONAI's
-    ``MeanDice`` gives one number). Volumes where a structure is absent from both the reference and
-    the prediction are left out of its mean (MONAI ``ignore_empty``).
+    Each structure is a ``{prefix}{name}`` scalar in ``engine.state.metrics``; volumes where it is absent
+    from both the reference and the prediction are left out of its mean (MONAI ``ignore_empty``).
 
     Args:
         class_names: names of all classes, background first.
@@ -49,8 +48,7 @@ class StructureDice(Metric):
 
     @reinit__is_reduced
     def update(self, output: Any) -> None:
-        y_pred, y = output
-        self._dice(y_pred=y_pred, y=y)
+        self._dice(y_pred=output[0], y=output[1])
 
     def compute(self) -> dict[str, float]:
         scores = self._dice.aggregate()  # [volumes, C - 1], NaN where a structure is absent from both
