@@ -1,21 +1,7 @@
-"""Segmentation evaluation: fast per-class Dice for validation, per-structure Dice/HD95/ASD in mm.
+"""Segmentation evaluation: per-class Dice for validation, per-structure Dice/HD95/ASD in mm for test volumes.
 
-Two levels:
-
-- :func:`dice_per_class`: Dice per class and per volume from integer label maps, on whatever device
-  the tensors live on, with one ``bincount`` per call (no loop over classes or batch items). Meant
-  for validation during training.
-- :func:`evaluate_volume`, :func:`summarise`, :func:`write_reports` and the Ignite handler
-  :class:`VolumeMetricsWriter`: the test-time protocol. Each volume is scored at its native
-  resolution, per structure, with :func:`monai.metrics.compute_dice`,
-  :func:`monai.metrics.compute_hausdorff_distance` (95th percentile) and
-  :func:`monai.metrics.compute_average_surface_distance` (symmetric), with the voxel spacing in
-  millimetres. A structure missing from the prediction or the reference is reported with a status,
-  never as a perfect or zero distance.
-
-The paper's headline number (Chaitanya et al., Section IV; authors' ``f1_utils``) is the mean over
-foreground classes of the 3D Dice of a volume, averaged over test volumes; :func:`summarise`
-reports it as ``mean_foreground_dice``.
+:func:`dice_per_class` runs on the tensors' device with one ``bincount``; :func:`evaluate_volume`, :func:`summarise`,
+:func:`write_reports` and :class:`VolumeMetricsWriter` score volumes at native resolution (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +17,7 @@ import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import IgniteInfo, min_version, optional_import
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.reports import csv_text, format_mean_std, markdown_table, mean_std, write_json
@@ -38,51 +25,26 @@ from plc_monai.reports import csv_text, format_mean_std, markdown_table, mean_st
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
-else:
-    Engine, _ = optional_import(
-        "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator"
-    )
 
 __all__ = [
-    "STATUS_OK",
-    "STATUS_MISSING_IN_PREDICTION",
-    "STATUS_MISSING_IN_REFERENCE",
-    "STATUS_ABSENT_IN_BOTH",
-    "ROW_FIELDS",
-    "dice_per_class",
-    "evaluate_volume",
-    "summarise",
-    "write_reports",
-    "VolumeMetricsWriter",
+    "STATUS_OK", "STATUS_MISSING_IN_PREDICTION", "STATUS_MISSING_IN_REFERENCE", "STATUS_ABSENT_IN_BOTH", "ROW_FIELDS",
+    "dice_per_class", "evaluate_volume", "summarise", "write_reports", "VolumeMetricsWriter",
 ]
 
 STATUS_OK = "ok"
 STATUS_MISSING_IN_PREDICTION = "missing_in_prediction"
 STATUS_MISSING_IN_REFERENCE = "missing_in_reference"
 STATUS_ABSENT_IN_BOTH = "absent_in_both"
+STATUSES = (STATUS_OK, STATUS_MISSING_IN_PREDICTION, STATUS_MISSING_IN_REFERENCE, STATUS_ABSENT_IN_BOTH)
 
 #: Keys of one row returned by :func:`evaluate_volume`, in the order of ``per_volume.csv``.
 ROW_FIELDS = (
-    "structure",
-    "class_index",
-    "status",
-    "dice",
-    "hd95_mm",
-    "asd_mm",
-    "voxels_reference",
-    "voxels_prediction",
+    "structure", "class_index", "status", "dice", "hd95_mm", "asd_mm", "voxels_reference", "voxels_prediction"
 )
-
-HD_PERCENTILE = 95.0
-
-
-# ---------------------------------------------------------------------------------------------
-# input checks shared by both levels
-# ---------------------------------------------------------------------------------------------
 
 
 def _as_label_tensor(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as an integer (int64) tensor, keeping its device; reject non-integral floats."""
+    """Return ``x`` as an int64 tensor on its device; reject non-integral floats."""
     if isinstance(x, MetaTensor):
         x = x.as_tensor()
     if isinstance(x, np.ndarray):
@@ -91,49 +53,27 @@ def _as_label_tensor(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a numpy array or torch tensor of class indices, got {type(x).__name__}.")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected a label map.")
-    if x.dtype == torch.bool:
-        return x.long()
-    if x.is_floating_point():
-        if not bool(torch.equal(x, torch.round(x))):
-            raise ValueError(f"{name} holds non-integer values; expected a label map of class indices.")
-        return x.long()
     if x.is_complex():
         raise ValueError(f"{name} has complex dtype {x.dtype}; expected integer class indices.")
+    if x.is_floating_point() and not bool(torch.equal(x, torch.round(x))):
+        raise ValueError(f"{name} holds non-integer values; expected a label map of class indices.")
     return x.long()
 
 
-def _check_label_range(x: torch.Tensor, num_classes: int, name: str) -> None:
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} holds labels in [{lo}, {hi}]; expected class indices in [0, {num_classes - 1}] "
-            f"for num_classes={num_classes}."
-        )
-
-
-def _check_spacing(spacing: Any, spatial_dims: int) -> list[float]:
-    """Return ``spacing`` as a list of ``spatial_dims`` positive Python floats.
-
-    MONAI's ``prepare_spacing`` rejects sequences that mix ``int`` and ``float``; a list of plain
-    floats is always accepted.
-    """
-    if isinstance(spacing, torch.Tensor):
-        spacing = spacing.detach().cpu().numpy()
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)).ravel()
-    if values.size == 1 and spatial_dims > 1:
-        values = np.repeat(values, spatial_dims)
-    if values.size != spatial_dims:
-        raise ValueError(
-            f"spacing {spacing!r} has {values.size} values; expected {spatial_dims} (one per spatial axis)."
-        )
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
-    return [float(v) for v in values]
-
-
-# ---------------------------------------------------------------------------------------------
-# fast Dice for validation
-# ---------------------------------------------------------------------------------------------
+def _label_pair(pred: Any, target: Any, target_name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both label maps as int64 tensors on ``pred``'s device; same shape, labels in ``[0, num_classes - 1]``."""
+    p, t = _as_label_tensor(pred, "pred"), _as_label_tensor(target, target_name)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and {target_name} must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
+    t = t.to(p.device)
+    for x, name in ((p, "pred"), (t, target_name)):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} holds labels in [{lo}, {hi}]; expected class indices in [0, {num_classes - 1}] "
+                f"for num_classes={num_classes}."
+            )
+    return p, t
 
 
 def dice_per_class(
@@ -145,47 +85,29 @@ def dice_per_class(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice per volume and class from two integer label maps, vectorised with one ``bincount``.
 
-    Each batch item is one whole volume: Dice is ``2 |P_k ∩ T_k| / (|P_k| + |T_k|)`` over all its
-    voxels (the authors score 3D volumes this way, with ``f1_score`` on the flattened volume).
-
-    Convention for classes that are not in both maps:
-
-    - absent from both prediction and target: Dice ``NaN``, presence ``False``. Average with
-      :func:`torch.nanmean` (or mask with the presence tensor).
-    - present in the target but not in the prediction (or the reverse): Dice ``0.0``, presence
-      ``True``.
+    Each batch item is one whole volume. A class absent from both maps has Dice ``NaN`` and presence
+    ``False`` (average with :func:`torch.nanmean`); a class in only one map has Dice ``0.0``.
 
     Args:
-        pred: predicted class indices, ``[B, *spatial]``, ``[B, 1, *spatial]`` or ``[*spatial]`` (one
-            volume). Integer, bool, or floating point holding whole numbers (e.g. ``AsDiscrete``
-            output).
-        target: reference class indices, same layout and shape as ``pred``.
-        num_classes: number of classes, background included; labels must lie in
-            ``[0, num_classes - 1]``.
+        pred: predicted class indices ``[B, *spatial]``, ``[B, 1, *spatial]`` or ``[*spatial]`` (one volume);
+            integer, bool, or float holding whole numbers (e.g. ``AsDiscrete`` output).
+        target: reference class indices, same shape as ``pred``.
+        num_classes: number of classes, background included.
         include_background: keep class 0 in the output. Defaults to ``False``.
-        spatial_dims: number of spatial axes (3 for volumes, 2 for single slices); decides whether
-            the leading axis is a batch axis. Defaults to 3.
+        spatial_dims: number of spatial axes; decides whether the leading axis is a batch axis. Defaults to 3.
 
     Returns:
-        ``(dice, present)``: float32 Dice ``[B, C']`` and bool presence ``[B, C']`` on the input
-        device, where ``C' = num_classes - 1`` without background, else ``num_classes``.
+        ``(dice, present)``: float32 Dice and bool presence, both ``[B, C']`` on the input device, where
+        ``C' = num_classes - 1`` without background, else ``num_classes``.
 
     Raises:
-        ValueError: when the shapes differ or do not match ``spatial_dims``, ``num_classes < 1`` (or
-            ``< 2`` without background), or a label lies outside ``[0, num_classes - 1]``.
+        ValueError: for mismatched or wrong shapes, no class to score, or labels outside ``[0, num_classes - 1]``.
     """
     if num_classes < (1 if include_background else 2):
         raise ValueError(
             f"num_classes={num_classes} leaves no class to score (include_background={include_background})."
         )
-    if spatial_dims < 1:
-        raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}.")
-    p = _as_label_tensor(pred, "pred")
-    t = _as_label_tensor(target, "target")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
-    if p.device != t.device:
-        t = t.to(p.device)
+    p, t = _label_pair(pred, target, "target", num_classes)
     if p.ndim == spatial_dims:
         p, t = p.unsqueeze(0), t.unsqueeze(0)
     elif p.ndim == spatial_dims + 2 and p.shape[1] == 1:
@@ -195,20 +117,15 @@ def dice_per_class(
             f"pred has shape {tuple(p.shape)}; expected [*spatial], [B, *spatial] or [B, 1, *spatial] "
             f"with {spatial_dims} spatial axes."
         )
-    _check_label_range(p, num_classes, "pred")
-    _check_label_range(t, num_classes, "target")
 
     batch = p.shape[0]
-    p = p.reshape(batch, -1)
-    t = t.reshape(batch, -1)
     # one bin per (volume, class): index = b * C + k
     offset = torch.arange(batch, device=p.device).unsqueeze(1) * num_classes
-    p_idx = p + offset
-    t_idx = t + offset
+    p_idx, t_idx = (x.reshape(batch, -1) + offset for x in (p, t))
     n_bins = batch * num_classes
     counts_pred = torch.bincount(p_idx.reshape(-1), minlength=n_bins)
     counts_target = torch.bincount(t_idx.reshape(-1), minlength=n_bins)
-    counts_inter = torch.bincount(t_idx[p == t], minlength=n_bins)
+    counts_inter = torch.bincount(t_idx[p_idx == t_idx], minlength=n_bins)
 
     denom = (counts_pred + counts_target).view(batch, num_classes)
     dice = (2.0 * counts_inter.view(batch, num_classes).double() / denom.double()).float()  # 0/0 -> NaN
@@ -216,40 +133,6 @@ def dice_per_class(
     if not include_background:
         dice, present = dice[:, 1:], present[:, 1:]
     return dice, present
-
-
-# ---------------------------------------------------------------------------------------------
-# per-volume metrics at native resolution
-# ---------------------------------------------------------------------------------------------
-
-
-def _volume_labels(x: Any, spatial_dims: int, name: str) -> torch.Tensor:
-    t = _as_label_tensor(x, name).cpu()
-    if t.ndim == spatial_dims + 1 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != spatial_dims:
-        raise ValueError(
-            f"{name} has shape {tuple(t.shape)}; expected a label map [*spatial] or [1, *spatial] with "
-            f"{spatial_dims} spatial axes (one per spacing value)."
-        )
-    return t
-
-
-def _crop_to_union(mask_p: torch.Tensor, mask_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop two boolean masks to the bounding box of their union.
-
-    Dice and surface distances do not change: every foreground voxel stays, distances are
-    translation invariant, and MONAI treats voxels outside the array as background (its own
-    ``get_mask_edges`` crops the same way). Done once here, it saves MONAI re-scanning the whole
-    volume in each of its three metric calls.
-    """
-    union = mask_p | mask_t
-    slices = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        hits = torch.nonzero(union.any(dim=others) if others else union).flatten()
-        slices.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return mask_p[tuple(slices)].contiguous(), mask_t[tuple(slices)].contiguous()
 
 
 def evaluate_volume(
@@ -261,68 +144,53 @@ def evaluate_volume(
 ) -> list[dict]:
     """Per-structure Dice, HD95 and symmetric ASD (mm) of one volume at native resolution.
 
-    Distances use MONAI's surface definition: the surface of a mask is its set of boundary voxels
-    (voxels removed by a binary erosion with the face-connected structuring element); a surface
-    distance is the Euclidean distance, in mm, from a boundary-voxel centre to the nearest
-    boundary-voxel centre of the other mask. ``hd95_mm`` is the larger of the two directed 95th
-    percentiles; ``asd_mm`` is the mean over the distances of both directions pooled together.
-
-    Status of each structure and what is reported:
-
-    - ``ok`` (in reference and prediction): Dice, HD95 and ASD.
-    - ``missing_in_prediction``: Dice ``0.0``, distances ``None`` (undefined, not zero).
-    - ``missing_in_reference`` (a false positive structure): Dice ``0.0``, distances ``None``.
-    - ``absent_in_both``: Dice ``NaN``, distances ``None``; excluded from means by :func:`summarise`.
+    Distances (MONAI's surface definition, ``docs/evaluation.md``) are computed for status ``ok`` only,
+    else ``None``; Dice is then ``0.0`` (``missing_in_prediction``/``missing_in_reference``) or ``NaN``
+    (``absent_in_both``).
 
     Args:
         pred: predicted class indices ``[*spatial]`` or ``[1, *spatial]`` (numpy or torch).
         label: reference class indices, same shape as ``pred``.
-        spacing: voxel size in mm per spatial axis, in array-axis order (e.g. ``(1.25, 1.25, 10.0)``
-            for ``[X, Y, Z]``); its length sets the number of spatial axes. A single number means
-            isotropic 3D spacing.
-        class_names: one name per class, background first; ``len(class_names)`` is the number of
-            classes.
+        spacing: voxel size in mm per array axis (e.g. ``(1.25, 1.25, 10.0)`` for ``[X, Y, Z]``); its
+            length sets the number of spatial axes; a single number means isotropic 3D spacing.
+        class_names: one name per class, background first.
         include_background: also score class 0. Defaults to ``False``.
 
     Returns:
-        One row per scored class, in class order: ``{"structure", "class_index", "status", "dice",
-        "hd95_mm", "asd_mm", "voxels_reference", "voxels_prediction"}`` with Python scalars.
+        One row per scored class, in class order, with the keys :data:`ROW_FIELDS` and Python scalars.
 
     Raises:
-        ValueError: for mismatched shapes, bad spacing, fewer than 2 class names (1 with
-            background), or labels outside ``[0, len(class_names) - 1]``.
+        ValueError: for mismatched shapes, bad spacing, no class to score, or labels outside the classes.
     """
     num_classes = len(class_names)
     if num_classes < (1 if include_background else 2):
         raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
-    spatial_dims = 3 if np.ndim(spacing) == 0 else int(np.asarray(spacing).size)
-    spacing_mm = _check_spacing(spacing, spatial_dims)
-    p = _volume_labels(pred, spatial_dims, "pred")
-    t = _volume_labels(label, spatial_dims, "label")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and label must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
-    _check_label_range(p, num_classes, "pred")
-    _check_label_range(t, num_classes, "label")
+    values = torch.as_tensor(spacing, dtype=torch.float64).detach().cpu()
+    # Python floats (MONAI rejects a list mixing int and float); a single number is isotropic 3D spacing
+    spacing_mm = values.reshape(-1).repeat(3 if values.ndim == 0 else 1).tolist()
+    if not all(np.isfinite(v) and v > 0 for v in spacing_mm):
+        raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
+    spatial_dims = len(spacing_mm)
+    p, t = _label_pair(pred, label, "label", num_classes)
+    p, t = p.cpu(), t.cpu()
+    if p.ndim == spatial_dims + 1 and p.shape[0] == 1:
+        p, t = p[0], t[0]
+    if p.ndim != spatial_dims:
+        raise ValueError(
+            f"pred has shape {tuple(p.shape)}; expected a label map [*spatial] or [1, *spatial] with "
+            f"{spatial_dims} spatial axes (one per spacing value)."
+        )
 
     counts_pred = torch.bincount(p.reshape(-1), minlength=num_classes).tolist()
     counts_ref = torch.bincount(t.reshape(-1), minlength=num_classes).tolist()
 
     rows = []
-    # One class at a time: MONAI's distance functions loop over classes internally anyway, and a
-    # single pair of binary masks (converted to float by MONAI) keeps memory bounded on large CT
-    # volumes, where a full one-hot pair would take gigabytes.
+    # One class at a time, cropped to the bounding box of its two masks (Dice and distances do not
+    # change): memory stays at one mask pair even for large CT volumes.
     for k in range(0 if include_background else 1, num_classes):
         n_ref, n_pred = int(counts_ref[k]), int(counts_pred[k])
-        row: dict[str, Any] = {
-            "structure": str(class_names[k]),
-            "class_index": k,
-            "status": STATUS_OK,
-            "dice": 0.0,
-            "hd95_mm": None,
-            "asd_mm": None,
-            "voxels_reference": n_ref,
-            "voxels_prediction": n_pred,
-        }
+        defaults = (str(class_names[k]), k, STATUS_OK, 0.0, None, None, n_ref, n_pred)
+        row: dict[str, Any] = dict(zip(ROW_FIELDS, defaults))
         if n_ref == 0 and n_pred == 0:
             row["status"], row["dice"] = STATUS_ABSENT_IN_BOTH, float("nan")
         elif n_pred == 0:
@@ -330,26 +198,17 @@ def evaluate_volume(
         elif n_ref == 0:
             row["status"] = STATUS_MISSING_IN_REFERENCE
         else:
-            mask_p, mask_t = _crop_to_union(p == k, t == k)
-            mask_p, mask_t = mask_p[None, None], mask_t[None, None]
+            mask_p, mask_t = p == k, t == k
+            start, end = generate_spatial_bounding_box((mask_p | mask_t)[None])
+            box = tuple(slice(s, e) for s, e in zip(start, end))
+            mask_p, mask_t = mask_p[box][None, None], mask_t[box][None, None]
+            surface = {"include_background": True, "spacing": spacing_mm}  # one channel per mask
             row["dice"] = float(compute_dice(mask_p, mask_t, include_background=True)[0, 0])
-            row["hd95_mm"] = float(
-                compute_hausdorff_distance(
-                    mask_p, mask_t, include_background=True, percentile=HD_PERCENTILE, spacing=spacing_mm
-                )[0, 0]
-            )
-            row["asd_mm"] = float(
-                compute_average_surface_distance(
-                    mask_p, mask_t, include_background=True, symmetric=True, spacing=spacing_mm
-                )[0, 0]
-            )
+            hd95 = compute_hausdorff_distance(mask_p, mask_t, percentile=95, **surface)
+            asd = compute_average_surface_distance(mask_p, mask_t, symmetric=True, **surface)
+            row["hd95_mm"], row["asd_mm"] = float(hd95[0, 0]), float(asd[0, 0])
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# summary over volumes
-# ---------------------------------------------------------------------------------------------
 
 
 def summarise(
@@ -359,37 +218,28 @@ def summarise(
 ) -> dict:
     """Per-structure mean ± std over volumes and the paper's mean foreground Dice.
 
-    For each structure, Dice is averaged over volumes where it is defined (all statuses except
-    ``absent_in_both``; a structure missing from the prediction counts as Dice 0), HD95 and ASD over
-    volumes with status ``ok`` only. The number of volumes per status is reported next to the means,
-    so a distance mean computed over fewer volumes is visible as such.
-
-    The headline number follows the authors' protocol: per volume, the mean Dice over its foreground
-    structures (class index > 0) that are not ``absent_in_both``; then mean and std over volumes.
+    Per structure, Dice is averaged over the volumes where it is not ``absent_in_both`` (a missed structure
+    counts as 0), HD95 and ASD over those with status ``ok``. The headline number is, per volume, the mean
+    Dice of its foreground structures not ``absent_in_both``, then mean and std over volumes.
 
     Args:
         rows_by_volume: ``{volume id: rows of evaluate_volume}``.
         class_names: one name per class, background first; sets the order of the structures.
-        ddof: delta degrees of freedom of the standard deviation: ``0`` (default) is the population
-            std (``numpy.std``), defined for a single volume; ``1`` is the sample std (``None`` when
-            fewer than 2 values).
+        ddof: delta degrees of freedom of the std: ``0`` (default) population, ``1`` sample std.
 
     Returns:
-        ``{"n_volumes", "std_ddof", "structures": [...], "mean_foreground_dice": {"mean", "std",
-        "n"}, "per_volume_mean_foreground_dice": {volume id: float | None}}``. Each structure entry
-        holds ``structure``, ``class_index``, ``n_volumes``, one count per status, and
-        ``{dice,hd95_mm,asd_mm}_{mean,std,n}``. Undefined values are ``None``.
+        ``{"n_volumes", "std_ddof", "structures", "mean_foreground_dice": {"mean", "std", "n"},
+        "per_volume_mean_foreground_dice": {volume id: float | None}}``; each structure entry holds
+        ``structure``, ``class_index``, ``n_volumes``, ``n_{status}`` and ``{dice,hd95_mm,asd_mm}_{mean,std,n}``.
+        Undefined values are ``None``.
 
     Raises:
-        ValueError: when ``rows_by_volume`` is empty, ``ddof`` is negative, or a row lacks a field
-            or names a class index outside ``class_names``.
+        ValueError: when ``rows_by_volume`` is empty, ``ddof`` is negative, or a row lacks a field, has an
+            unknown status or a class index outside ``class_names``.
     """
     if not rows_by_volume:
         raise ValueError("rows_by_volume is empty; expected at least one evaluated volume.")
-    if ddof < 0:
-        raise ValueError(f"ddof must be >= 0, got {ddof}.")
     num_classes = len(class_names)
-    statuses = (STATUS_OK, STATUS_MISSING_IN_PREDICTION, STATUS_MISSING_IN_REFERENCE, STATUS_ABSENT_IN_BOTH)
     by_class: dict[int, list[Mapping[str, Any]]] = {}
     per_volume: dict[str, float | None] = {}
     for vol, rows in rows_by_volume.items():
@@ -403,41 +253,33 @@ def summarise(
                 raise ValueError(
                     f"volume {vol!r} has class_index {k}; expected 0..{num_classes - 1} for {list(class_names)}."
                 )
-            if row["status"] not in statuses:
+            if row["status"] not in STATUSES:
                 raise ValueError(
-                    f"volume {vol!r}, class {k}: unknown status {row['status']!r}; expected one of {statuses}."
+                    f"volume {vol!r}, class {k}: unknown status {row['status']!r}; expected one of {STATUSES}."
                 )
             by_class.setdefault(k, []).append(row)
             if k > 0 and row["status"] != STATUS_ABSENT_IN_BOTH:
                 fg.append(float(row["dice"]))
         per_volume[str(vol)] = float(np.mean(fg)) if fg else None
 
+    head = dict(zip(("mean", "std", "n"), mean_std(list(per_volume.values()), ddof)))
     structures = []
     for k in sorted(by_class):
         rows = by_class[k]
         entry: dict[str, Any] = {"structure": str(class_names[k]), "class_index": k, "n_volumes": len(rows)}
-        for status in statuses:
-            entry[f"n_{status}"] = sum(1 for r in rows if r["status"] == status)
+        entry.update({f"n_{status}": sum(r["status"] == status for r in rows) for status in STATUSES})
         defined = [r for r in rows if r["status"] != STATUS_ABSENT_IN_BOTH]
         ok = [r for r in rows if r["status"] == STATUS_OK]
         for key, source in (("dice", defined), ("hd95_mm", ok), ("asd_mm", ok)):
-            mean, std, n = mean_std([r[key] for r in source], ddof)
-            entry[f"{key}_mean"], entry[f"{key}_std"], entry[f"{key}_n"] = mean, std, n
+            entry.update(zip((f"{key}_mean", f"{key}_std", f"{key}_n"), mean_std([r[key] for r in source], ddof)))
         structures.append(entry)
-
-    mean, std, n = mean_std(list(per_volume.values()), ddof)
     return {
         "n_volumes": len(rows_by_volume),
         "std_ddof": ddof,
         "structures": structures,
-        "mean_foreground_dice": {"mean": mean, "std": std, "n": n},
+        "mean_foreground_dice": head,
         "per_volume_mean_foreground_dice": per_volume,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# report files
-# ---------------------------------------------------------------------------------------------
 
 
 def write_reports(
@@ -446,14 +288,7 @@ def write_reports(
     out_dir: str | os.PathLike,
     prefix: str = "",
 ) -> dict[str, Path]:
-    """Write ``per_volume.csv``, ``summary.json`` and ``summary.md`` into ``out_dir``, atomically.
-
-    ``per_volume.csv`` has one row per volume and structure with the columns ``volume`` followed by
-    :data:`ROW_FIELDS`; undefined values (``None``, ``NaN``) are empty cells. ``summary.json`` is the
-    output of :func:`summarise` plus the rows (``"per_volume"``), with ``null`` for undefined values.
-    ``summary.md`` is a table ``structure | Dice mean ± std | HD95 mm | ASD mm | missing`` where
-    ``missing`` is the number of volumes where the structure is in the reference but not in the
-    prediction, over the number of volumes.
+    """Write ``per_volume.csv``, ``summary.json`` and ``summary.md`` (formats: ``docs/evaluation.md``), atomically.
 
     Args:
         rows_by_volume: ``{volume id: rows of evaluate_volume}``.
@@ -473,33 +308,22 @@ def write_reports(
     if "structures" not in summary:
         raise ValueError("summary lacks 'structures'; expected the output of summarise().")
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "per_volume_csv": out / f"{prefix}per_volume.csv",
-        "summary_json": out / f"{prefix}summary.json",
-        "summary_md": out / f"{prefix}summary.md",
-    }
+    names = (("per_volume", "csv"), ("summary", "json"), ("summary", "md"))
+    paths = {f"{stem}_{ext}": out / f"{prefix}{stem}.{ext}" for stem, ext in names}
 
     csv_rows = [[vol, *(row.get(f) for f in ROW_FIELDS)] for vol, rows in rows_by_volume.items() for row in rows]
     atomic_write_text(paths["per_volume_csv"], csv_text(("volume", *ROW_FIELDS), csv_rows))
+    per_volume = {str(v): [dict(r) for r in rows] for v, rows in rows_by_volume.items()}
+    write_json(paths["summary_json"], {**summary, "per_volume": per_volume})
 
-    payload = dict(summary)
-    payload["per_volume"] = {str(v): [dict(r) for r in rows] for v, rows in rows_by_volume.items()}
-    write_json(paths["summary_json"], payload)
-
-    n_vol = summary.get("n_volumes", len(rows_by_volume))
-    table = [
-        [
-            s["structure"],
-            format_mean_std(s["dice_mean"], s["dice_std"], 3),
-            format_mean_std(s["hd95_mm_mean"], s["hd95_mm_std"], 2),
-            format_mean_std(s["asd_mm_mean"], s["asd_mm_std"], 2),
-            f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}",
-        ]
-        for s in summary["structures"]
-    ]
+    digits = {"dice": 3, "hd95_mm": 2, "asd_mm": 2}
+    table = []
+    for s in summary["structures"]:
+        spreads = [format_mean_std(s[f"{key}_mean"], s[f"{key}_std"], d) for key, d in digits.items()]
+        table.append([s["structure"], *spreads, f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}"])
     head = summary.get("mean_foreground_dice", {})
     lines = [
-        f"# Segmentation metrics ({n_vol} volumes)",
+        f"# Segmentation metrics ({summary.get('n_volumes', len(rows_by_volume))} volumes)",
         "",
         "Dice over volumes where the structure is in the reference or the prediction; HD95 and ASD (mm, native",
         "resolution) over volumes where it is in both; `missing` = in the reference but not predicted.",
@@ -515,18 +339,11 @@ def write_reports(
     return paths
 
 
-# ---------------------------------------------------------------------------------------------
-# Ignite handler
-# ---------------------------------------------------------------------------------------------
-
-
 def _first(value: Any) -> Any:
     """Unwrap a one-element list/tuple/array/tensor (what collation leaves around scalars)."""
     while isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.reshape(-1)[0].item()
-    elif isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.reshape(-1).shape[0] == 1:
         value = value.reshape(-1)[0].item()
     return value
 
@@ -534,24 +351,13 @@ def _first(value: Any) -> Any:
 class VolumeMetricsWriter:
     """Ignite handler: per-structure metrics of every evaluated volume, reports at the end.
 
-    Attach to a :class:`monai.engines.SupervisedEvaluator` whose output items hold, per volume, the
-    prediction and the reference at native resolution (e.g. after ``Invertd`` and ``AsDiscreted``).
-    At every ``ITERATION_COMPLETED`` it scores each item with :func:`evaluate_volume`; at
-    ``EPOCH_COMPLETED`` (or ``COMPLETED``) it writes :func:`write_reports` into ``output_dir``. The
-    rows are cleared at ``EPOCH_STARTED``, so each evaluator run writes its own reports.
-
-    Where the values come from, per item:
-
-    - prediction / reference: ``output[pred_key]`` and ``output[label_key]``, channel-first
-      ``[C, *spatial]``; ``C == 1`` is a label map, ``C == len(class_names)`` is one-hot or
-      probabilities and is argmax-ed.
-    - spacing (mm): the ``pixdim`` of the reference MetaTensor (then the prediction's) when it carries
-      geometry read from a file; otherwise ``batch[f"{label_key}_meta_dict"]["pixdim"]``; otherwise the
-      ``spacing`` argument.
-    - volume id: ``batch[id_key]``; otherwise ``filename_or_obj`` of the reference or image meta data;
-      otherwise ``volume_<n>``.
-
-    Single process only: under multi-GPU evaluation each rank would see a part of the volumes.
+    Attach to a :class:`monai.engines.SupervisedEvaluator` whose output items hold the prediction and the
+    reference at native resolution (e.g. after ``Invertd`` and ``AsDiscreted``), channel-first ``[C, *spatial]``
+    (``C == 1``: label map; ``C == len(class_names)``: arg-maxed). Items are scored with :func:`evaluate_volume`
+    at ``ITERATION_COMPLETED`` and :func:`write_reports` runs at ``write_event``; rows are cleared at
+    ``EPOCH_STARTED``. Spacing comes from the reference (then prediction) MetaTensor's affine, else
+    ``batch[f"{label_key}_meta_dict"]["pixdim"]``, else ``spacing``; the volume id from ``batch[id_key]``, else
+    ``filename_or_obj`` of the reference or image, else ``volume_<n>``. Single process only.
 
     Args:
         output_dir: folder for ``per_volume.csv``, ``summary.json``, ``summary.md``.
@@ -559,18 +365,16 @@ class VolumeMetricsWriter:
         include_background: also score class 0. Defaults to ``False``.
         pred_key: key of the prediction in ``engine.state.output``. Defaults to ``"pred"``.
         label_key: key of the reference in ``engine.state.output``. Defaults to ``"label"``.
-        image_key: key of the image in ``engine.state.batch``, used for the file name. Defaults to
-            ``"image"``.
+        image_key: key of the image in ``engine.state.batch``, for the file name. Defaults to ``"image"``.
         id_key: key of the volume id in ``engine.state.batch``. Defaults to ``"id"``.
-        spacing: fallback spacing in mm when the data carry none. Defaults to ``None`` (then missing
-            spacing is an error).
+        spacing: fallback spacing in mm when the data carry none; ``None`` (default) makes that an error.
         prefix: prepended to the report file names.
         write_event: ``"EPOCH_COMPLETED"`` (default) or ``"COMPLETED"``.
         ddof: std degrees of freedom passed to :func:`summarise`.
         name: logger name; the engine's logger when ``None``.
 
     Raises:
-        ValueError: for an unknown ``write_event`` or empty ``class_names``.
+        ValueError: for an unknown ``write_event``.
     """
 
     def __init__(
@@ -590,8 +394,6 @@ class VolumeMetricsWriter:
     ) -> None:
         if write_event not in ("EPOCH_COMPLETED", "COMPLETED"):
             raise ValueError(f"write_event must be 'EPOCH_COMPLETED' or 'COMPLETED', got {write_event!r}.")
-        if len(class_names) < (1 if include_background else 2):
-            raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
         self.output_dir = Path(output_dir)
         self.class_names = tuple(str(c) for c in class_names)
         self.include_background = include_background
@@ -610,11 +412,7 @@ class VolumeMetricsWriter:
         self.report_paths: dict[str, Path] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``EPOCH_STARTED`` (reset), ``ITERATION_COMPLETED`` (score) and the write event.
-
-        Args:
-            engine: the evaluator (an Ignite ``Engine``).
-        """
+        """Register on ``EPOCH_STARTED`` (reset), ``ITERATION_COMPLETED`` (score) and the write event."""
         if self._name is None:
             self.logger = engine.logger
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -627,49 +425,39 @@ class VolumeMetricsWriter:
         self.summary = None
 
     def __call__(self, engine: Engine) -> None:
-        """Score every volume of the current iteration.
-
-        Args:
-            engine: the evaluator; reads ``engine.state.output`` and ``engine.state.batch``.
+        """Score every volume of ``engine.state.output`` (ids and meta data from ``engine.state.batch``).
 
         Raises:
             ValueError: when an item lacks the prediction or reference, has no spacing, or repeats a
                 volume id already scored in this epoch.
         """
-        outputs = engine.state.output
-        batch = engine.state.batch
+        outputs, batch = engine.state.output, engine.state.batch
         if isinstance(outputs, Mapping):  # evaluator built with decollate=False
             outputs = decollate_batch(outputs)
         if isinstance(batch, Mapping):
             batch = decollate_batch(batch)
         if not isinstance(outputs, Sequence):
             raise ValueError(f"engine.state.output is a {type(outputs).__name__}; expected a dict or a list of dicts.")
-        if not isinstance(batch, Sequence) or len(batch) != len(outputs):
-            batch = [{} for _ in outputs]
+        batch = batch if isinstance(batch, Sequence) and len(batch) == len(outputs) else [{}] * len(outputs)
         for item, batch_item in zip(outputs, batch):
             for key in (self.pred_key, self.label_key):
                 if key not in item:
                     raise ValueError(f"evaluator output lacks key {key!r}; has {sorted(item)}.")
             pred, label = item[self.pred_key], item[self.label_key]
+            batch_item = batch_item if isinstance(batch_item, Mapping) else {}
             vol = self._volume_id(batch_item, label)
             if vol in self.rows_by_volume:
                 raise ValueError(f"volume id {vol!r} was scored twice in one epoch; ids must be unique.")
-            spacing = self._spacing(label, pred, batch_item, vol)
-            rows = evaluate_volume(
+            self.rows_by_volume[vol] = evaluate_volume(
                 self._label_map(pred, "pred", vol),
                 self._label_map(label, "label", vol),
-                spacing,
+                self._spacing(label, pred, batch_item, vol),
                 self.class_names,
                 include_background=self.include_background,
             )
-            self.rows_by_volume[vol] = rows
 
     def write(self, engine: Engine | None = None) -> dict[str, Path]:
-        """Summarise the collected rows and write the reports; nothing is written when none was collected.
-
-        Returns:
-            the paths written (see :func:`write_reports`), empty when no volume was scored.
-        """
+        """Summarise the collected rows and write the reports; returns the paths, empty when no volume was scored."""
         if not self.rows_by_volume:
             self.logger.warning("VolumeMetricsWriter: no volume was scored, no report written.")
             return {}
@@ -682,33 +470,23 @@ class VolumeMetricsWriter:
         )
         return self.report_paths
 
-    # helpers ---------------------------------------------------------------------------------
-
     def _label_map(self, x: Any, what: str, vol: str) -> torch.Tensor:
         t = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
-        if t.ndim < 2:
+        n = len(self.class_names)
+        if t.ndim < 2 or t.shape[0] not in (1, n):
             raise ValueError(
-                f"volume {vol!r}: {what} has shape {tuple(t.shape)}; expected channel-first [C, *spatial]."
+                f"volume {vol!r}: {what} has shape {tuple(t.shape)}; expected channel-first [C, *spatial] with "
+                f"C = 1 (label map) or {n} (one channel per class)."
             )
-        if t.shape[0] == 1:
-            return t[0]
-        if t.shape[0] == len(self.class_names):
-            return torch.argmax(t, dim=0)
-        raise ValueError(
-            f"volume {vol!r}: {what} has {t.shape[0]} channels; expected 1 (label map) or "
-            f"{len(self.class_names)} (one channel per class)."
-        )
+        return t[0] if t.shape[0] == 1 else torch.argmax(t, dim=0)
 
     def _spacing(self, label: Any, pred: Any, batch_item: Mapping, vol: str) -> list[float]:
         for x in (label, pred):
             if isinstance(x, MetaTensor) and any(k in x.meta for k in ("filename_or_obj", "pixdim", "original_affine")):
-                affine = torch.as_tensor(x.affine).detach().cpu()
-                return [float(v) for v in affine_to_spacing(affine, r=x.ndim - 1).reshape(-1).tolist()]
-        meta = batch_item.get(f"{self.label_key}_meta_dict") if isinstance(batch_item, Mapping) else None
+                return [float(v) for v in affine_to_spacing(x.affine.detach().cpu(), r=x.ndim - 1).reshape(-1)]
+        meta = batch_item.get(f"{self.label_key}_meta_dict")
         if isinstance(meta, Mapping) and "pixdim" in meta:
-            pixdim = np.asarray(torch.as_tensor(meta["pixdim"]).cpu(), dtype=np.float64).ravel()
-            n_spatial = torch.as_tensor(label).ndim - 1
-            return [float(v) for v in pixdim[1 : 1 + n_spatial]]
+            return [float(v) for v in torch.as_tensor(meta["pixdim"]).reshape(-1)[1 : torch.as_tensor(label).ndim]]
         if self.spacing is not None:
             return list(self.spacing)
         raise ValueError(
@@ -716,13 +494,10 @@ class VolumeMetricsWriter:
             f"'{self.label_key}_meta_dict' pixdim); pass spacing= to VolumeMetricsWriter."
         )
 
-    def _volume_id(self, batch_item: Any, label: Any) -> str:
-        if isinstance(batch_item, Mapping) and batch_item.get(self.id_key) is not None:
+    def _volume_id(self, batch_item: Mapping, label: Any) -> str:
+        if batch_item.get(self.id_key) is not None:
             return str(_first(batch_item[self.id_key]))
-        candidates = [label]
-        if isinstance(batch_item, Mapping):
-            candidates.append(batch_item.get(self.image_key))
-        for x in candidates:
+        for x in (label, batch_item.get(self.image_key)):
             if isinstance(x, MetaTensor) and x.meta.get("filename_or_obj"):
                 return str(_first(x.meta["filename_or_obj"]))
         return f"volume_{len(self.rows_by_volume) + 1:04d}"

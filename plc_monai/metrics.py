@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from monai.handlers import from_engine
 from monai.metrics import DiceMetric
 from monai.utils import optional_import
 
@@ -15,31 +16,24 @@ reinit__is_reduced, _ = optional_import("ignite.metrics.metric", name="reinit__i
 __all__ = ["StructureDice"]
 
 
-def _pred_label(output: Any) -> tuple[Any, Any]:
-    if isinstance(output, Sequence) and not isinstance(output, (str, bytes)) and isinstance(output[0], dict):
-        return [o["pred"] for o in output], [o["label"] for o in output]
-    return output["pred"], output["label"]
-
-
 class StructureDice(Metric):
     """Dice of every foreground structure, averaged over the validation volumes.
 
-    MONAI's ``MeanDice`` gives one number (the key metric used to keep the best model); this metric
-    reports each structure separately as ``{prefix}{name}`` scalars in ``engine.state.metrics``.
-    Volumes where a structure is absent from both the reference and the prediction are left out of
-    that structure's mean (MONAI ``ignore_empty``).
+    Each structure is a ``{prefix}{name}`` scalar in ``engine.state.metrics``; volumes where it is absent
+    from both the reference and the prediction are left out of its mean (MONAI ``ignore_empty``).
 
     Args:
         class_names: names of all classes, background first.
         output_transform: maps the engine output to ``(pred, label)``, each a list of one-hot
-            ``[C, *spatial]`` tensors (MONAI's decollated ``pred``/``label``).
+            ``[C, *spatial]`` tensors. Defaults to ``from_engine(["pred", "label"])``.
         prefix: prefix of the metric names.
+        device: device of the metric's state.
     """
 
     def __init__(
         self,
         class_names: Sequence[str],
-        output_transform: Callable = _pred_label,
+        output_transform: Callable = from_engine(["pred", "label"]),
         prefix: str = "val_dice_",
         device: str | torch.device = "cpu",
     ) -> None:
@@ -54,8 +48,7 @@ class StructureDice(Metric):
 
     @reinit__is_reduced
     def update(self, output: Any) -> None:
-        y_pred, y = output
-        self._dice(y_pred=y_pred, y=y)
+        self._dice(y_pred=output[0], y=output[1])
 
     def compute(self) -> dict[str, float]:
         scores = self._dice.aggregate()  # [volumes, C - 1], NaN where a structure is absent from both

@@ -1,15 +1,7 @@
-"""Shared helpers of the report files: mean ± std over defined values, cells, Markdown and CSV tables, JSON.
+"""Shared helpers of the report files (:mod:`plc_monai.evaluation`, :mod:`plc_monai.experiments.harness`).
 
-Used by :mod:`plc_monai.evaluation` (one model's ``summary.md``/``per_volume.csv``/``summary.json``) and by
-:mod:`plc_monai.experiments.harness` (an experiment's ``results.md``/``results.csv``/``runs.csv``/
-``results.json``), so both report undefined values, spreads and durations the same way:
-
-- an undefined value (``None``, ``NaN``, ``inf``) is left out of means, shown as ``n/a`` in Markdown,
-  an empty cell in CSV and ``null`` in JSON;
-- a spread is the standard deviation with ``ddof`` degrees of freedom (default 0, the population std
-  of ``numpy.std``), ``None`` when fewer than ``ddof + 1`` values are defined.
-
-Every file is written atomically (:mod:`plc_monai.atomic_files`).
+An undefined value (``None``, ``NaN``, ``inf``) is left out of means, shown as ``n/a`` in Markdown, an empty
+cell in CSV and ``null`` in JSON; a spread is the std with ``ddof`` degrees of freedom. Writes are atomic.
 """
 
 from __future__ import annotations
@@ -29,13 +21,7 @@ import numpy as np
 from plc_monai.atomic_files import atomic_write_text
 
 __all__ = [
-    "finite_or_none",
-    "mean_std",
-    "format_mean_std",
-    "format_duration",
-    "markdown_table",
-    "csv_text",
-    "json_ready",
+    "finite_or_none", "mean_std", "format_mean_std", "format_duration", "markdown_table", "csv_text", "json_ready",
     "write_json",
 ]
 
@@ -49,16 +35,10 @@ def finite_or_none(value: Any) -> float | None:
 
 
 def mean_std(values: Sequence[Any], ddof: int = 0) -> tuple[float | None, float | None, int]:
-    """Mean and standard deviation over the defined values (finite, not ``None``), with their count.
-
-    Args:
-        values: numbers; ``None``, ``NaN`` and infinite values are skipped.
-        ddof: delta degrees of freedom of the std: ``0`` (default) is the population std
-            (``numpy.std``), ``1`` the sample std.
+    """Mean and std (``numpy.std`` with ``ddof``) over the finite, non-``None`` values, and their count.
 
     Returns:
-        ``(mean, std, n)``; ``(None, None, 0)`` when no value is defined, and ``std`` is ``None`` when
-        ``n <= ddof``.
+        ``(mean, std, n)``; ``(None, None, 0)`` when no value is defined; ``std`` is ``None`` when ``n <= ddof``.
 
     Raises:
         ValueError: when ``ddof`` is negative.
@@ -77,9 +57,7 @@ def format_mean_std(mean: float | None, std: float | None, digits: int = 3) -> s
     """``"0.712 ± 0.031"``; ``"0.712"`` without a std; ``"n/a"`` without a mean."""
     if mean is None:
         return "n/a"
-    if std is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
 def format_duration(seconds: float) -> str:
@@ -95,17 +73,18 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list
     """
     for row in rows:
         if len(row) != len(header):
-            raise ValueError(f"table row {list(row)!r} has {len(row)} cells; the header has {len(header)}: {list(header)!r}.")
+            raise ValueError(
+                f"table row {list(row)!r} has {len(row)} cells; the header has {len(header)}: {list(header)!r}."
+            )
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
 
 
 def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value)) if math.isfinite(value) else ""
+    if value is None or isinstance(value, (float, np.floating)):
+        value = finite_or_none(value)
+        return "" if value is None else repr(value)
     return value
 
 
@@ -114,13 +93,12 @@ def csv_text(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
+    writer.writerows([_csv_cell(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
 def json_ready(obj: Any) -> Any:
-    """``obj`` with mapping keys as strings, tuples as lists, numpy scalars as Python numbers, non-finite floats as ``None``."""
+    """``obj`` with string keys, lists for tuples, Python numbers for numpy scalars, ``None`` for non-finite floats."""
     if isinstance(obj, Mapping):
         return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
