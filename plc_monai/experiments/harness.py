@@ -24,12 +24,11 @@ from plc_monai.experiments import figures as _figures
 from plc_monai.experiments.launch import LaunchOptions, Progress, RunOutcome, run_local, run_submitit
 from plc_monai.experiments.paper_results import METHOD_LABELS, METHOD_TABLE, paper_dice
 from plc_monai.experiments.runs import ExperimentSpec, RunSpec, plan_runs
-from plc_monai.experiments.worker import evaluate_checkpoint
 from plc_monai.reports import csv_text, format_duration, format_mean_std, markdown_table, mean_std, write_json
 
 __all__ = [
-    "run_experiment", "collect_experiment", "experiment", "aggregate", "format_markdown", "evaluate_checkpoint",
-    "UnfinishedRunsError", "DEFAULT_METHODS", "EXPERIMENT_FILE",
+    "run_experiment", "collect_experiment", "experiment", "aggregate", "format_markdown", "UnfinishedRunsError",
+    "DEFAULT_METHODS", "EXPERIMENT_FILE",
 ]
 
 DEFAULT_METHODS = ("baseline", "self_training", "plc_inter", "plc_intra")
