@@ -1,7 +1,7 @@
 """Experiments of the paper: method overrides run through the bundles, results tables and figures.
 
 :mod:`.runs` plans the runs, :mod:`.worker` executes one, :mod:`.launch` many at once (local slots, Slurm),
-:mod:`.harness` tabulates them; :mod:`.round_models`, :mod:`.figures` and :mod:`.paper_results` serve it.
+:mod:`.harness` tabulates them (with the paper's values); :mod:`.round_models` and :mod:`.figures` serve it.
 The names below are imported lazily, so ``python -m plc_monai.experiments.worker`` runs its module only once.
 """
 
@@ -12,9 +12,8 @@ from typing import Any
 
 _EXPORTS = {
     "harness": ("DEFAULT_METHODS", "UnfinishedRunsError", "aggregate", "collect_experiment", "experiment",
-                "run_experiment"),
+                "paper_dice", "run_experiment"),
     "launch": ("LaunchOptions",),
-    "paper_results": ("paper_dice",),
     "round_models": ("RoundModelSaver", "round_model_path"),
     "runs": ("ExperimentSpec", "RunSpec", "available_methods", "bundle_command", "method_config", "plan_runs"),
     "worker": ("evaluate_checkpoint",),
