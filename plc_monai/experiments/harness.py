@@ -443,14 +443,6 @@ def _as_list(value: str | Sequence[Any] | int | None) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _help_text() -> str:
-    from fire import helptext, trace
-
-    component_trace = trace.FireTrace(experiment, name="plc_monai")
-    component_trace.AddAccessedProperty(experiment, "experiment", ["experiment"], None, None)
-    return helptext.HelpText(experiment, component_trace)
-
-
 def experiment(
     bundle: str = "bundles/acdc",
     setting: str = "tr1",
@@ -496,7 +488,9 @@ def experiment(
         ValueError: when ``dataset_dir`` is missing, or for a bad value (the message names it).
     """
     if {"help", "h"} & set(overrides):
-        print(_help_text())
+        from plc_monai.__main__ import command_help  # imports this module
+
+        print(command_help("experiment"))
         return
     try:
         if collect:
