@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from plc_monai.atomic_files import atomic_write
+from plc_monai.data.slice_pool import build_slice_pool
 from plc_monai.experiments.runs import RunSpec, bundle_parser
 
 __all__ = [
@@ -90,13 +91,6 @@ def load_run_volumes(run: RunSpec, subset: str, max_volumes: int) -> tuple[list[
     return items, list(parser["class_names"])
 
 
-def _slices(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack volumes ``[1, H, W, S]`` into slices: images ``[N, 1, H, W]``, labels ``[N, H, W]``."""
-    images = torch.cat([torch.as_tensor(i["image"]).float().permute(3, 0, 1, 2) for i in items])
-    labels = torch.cat([torch.as_tensor(i["label"])[0].permute(2, 0, 1).round().long() for i in items])
-    return images, labels
-
-
 def sample_pixels_per_class(
     labels: torch.Tensor, classes: Sequence[int], per_class: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -131,7 +125,8 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, b
 
 
 def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int, figure: str) -> tuple[Any, ...]:
-    """``(first run, class names, images [N, 1, H, W], labels [N, H, W], items)`` of the first run's volumes.
+    """``(first run, class names, images [N, 1, H, W], labels [N, H, W] long, volume index [N])`` of the slices
+    of the first run's volumes.
 
     Raises:
         ValueError: when ``runs`` is empty or no volume of ``subset`` has a label file.
@@ -143,7 +138,8 @@ def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int
     if not items:
         what = "unlabeled or test" if subset == "unlabeled" else "test"
         raise ValueError(f"run {first.name}: no {what} volume with a label file.")
-    return (first, class_names, *_slices(items), items)
+    pool = build_slice_pool(items)
+    return first, class_names, pool.images, pool.labels.long(), pool.volume_index
 
 
 def tsne_figure(
@@ -242,16 +238,15 @@ def example_slices_figure(
     Raises:
         ValueError: when ``runs`` is empty or there is no labeled test volume.
     """
-    _, class_names, images, labels, items = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
+    from plc_monai.handlers import predict_labels
+
+    _, class_names, images, labels, volumes = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
     area = (labels > 0).flatten(1).sum(1).tolist()
     ranked = []  # (rank of the slice's foreground area in its volume, -area, slice): each volume's best slice first
-    for slices in torch.arange(len(area)).split([torch.as_tensor(it["image"]).shape[-1] for it in items]):
+    for slices in torch.arange(len(area)).split(torch.bincount(volumes).tolist()):
         ranked += [(r, -area[s], s) for r, s in enumerate(sorted(slices.tolist(), key=lambda s: -area[s]))]
     chosen = torch.tensor([s for *_, s in sorted(ranked)[:num_examples]], dtype=torch.long)
-    predictions = {}
-    for title, run in runs.items():
-        network = load_run_network(run)
-        predictions[title] = _batched(lambda x: network(x).argmax(1), images[chosen])
+    predictions = {title: predict_labels(load_run_network(run), images[chosen], 16) for title, run in runs.items()}
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 
