@@ -7,7 +7,7 @@ run's bundle configs read them (the t-SNE colours come from the labels the unlab
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +118,6 @@ def sample_pixels_per_class(
     return torch.cat(picked)
 
 
-@torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """``fn`` applied to ``images`` ``[N, 1, H, W]`` in batches, concatenated along the first dimension."""
-    return torch.cat([fn(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
-
-
 def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int, figure: str) -> tuple[Any, ...]:
     """``(first run, class names, images [N, 1, H, W], labels [N, H, W] long, volume index [N])`` of the slices
     of the first run's volumes.
@@ -175,7 +169,9 @@ def tsne_figure(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     for ax, (title, run) in zip(axes[0], runs.items()):
-        feats = _batched(load_run_network(run).backbone, images)  # [N, F, H, W]: the common network c_theta
+        backbone = load_run_network(run).backbone  # the common network c_theta: [N, F, H, W] features
+        with torch.no_grad():
+            feats = torch.cat([backbone(images[i : i + 16]) for i in range(0, images.shape[0], 16)])
         points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[idx].numpy()
         perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3.0)))
         xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
