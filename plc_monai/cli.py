@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
+from plc_monai.bundle_gen import DEFAULT_BUNDLES_DIR
 from plc_monai.reports import format_mean_std, markdown_table
 
 __all__ = ["phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_config", "format_comparison",
@@ -21,18 +22,22 @@ DEMO_MALLOC_TUNABLES = (
 )
 
 
-def bundle_dir(dataset: str) -> Path:
-    """The folder of the shipped bundle for ``dataset`` (``bundles/<dataset>`` of the source tree).
+def bundle_dir(bundle: str | os.PathLike) -> Path:
+    """The absolute folder of a bundle given as its path (``bundles/acdc``) or as a dataset name (``acdc``: the
+    shipped ``bundles/<name>`` of the source tree, else of the working folder); a folder of that name comes first.
 
     Raises:
-        FileNotFoundError: when the package is not run from a source checkout that has ``bundles/``.
+        FileNotFoundError: when no candidate holds ``configs/train.json``.
     """
-    candidates = [Path(__file__).resolve().parents[1] / "bundles" / dataset, Path.cwd() / "bundles" / dataset]
-    for path in candidates:
+    looked = [Path(bundle).expanduser().resolve()]
+    if len(Path(bundle).parts) == 1:  # a dataset name
+        looked = list(dict.fromkeys([*looked, DEFAULT_BUNDLES_DIR / str(bundle), Path.cwd() / "bundles" / str(bundle)]))
+    for path in looked:
         if (path / "configs" / "train.json").is_file():
             return path
-    looked = [str(c) for c in candidates]
-    raise FileNotFoundError(f"cannot find the {dataset} bundle (looked in {looked}); run from a checkout of plc_monai.")
+    raise FileNotFoundError(f"{str(bundle)!r} is not a plc_monai bundle: no configs/train.json in "
+                            f"{[str(p) for p in looked]}; give a bundle folder, or a dataset name in a checkout of "
+                            "plc_monai (its bundles/).")
 
 
 def demo_config() -> Path:
@@ -104,7 +109,7 @@ def prepare(
     from plc_monai.data.preprocessing import AtomicPersistentDataset, hash_transforms
     from plc_monai.experiments.runs import bundle_parser
 
-    root = Path(bundle) if Path(bundle, "configs").is_dir() else bundle_dir(bundle)
+    root = bundle_dir(bundle)
     settings = {"bundle_root": str(root), "dataset_dir": dataset_dir, "cache_dir": cache_dir, **overrides}
     parser = bundle_parser([root / "configs" / "train.json"], {k: v for k, v in settings.items() if v is not None})
     data = parser.get_parsed_content("data")

@@ -219,6 +219,7 @@ def test_parallel_runs_failure_is_reported_others_go_on_and_resume(phantom, tmp_
     assert "## Runs not in the tables (1 of 2)" in table and "| broken/c1 | failed |" in table
     marker = json.loads((out / "runs" / "baseline" / "c1" / "train_done.json").read_text())
     assert marker["threads"] == launch.threads_per_run()
+    assert "RuntimeWarning" not in (out / "runs" / "baseline" / "c1" / "logs" / "worker.log").read_text()  # runpy
     saved = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in saved["runs"]] == ["baseline"]
     assert saved["meta"]["not_in_table"]["broken/c1"]["status"] == "failed"

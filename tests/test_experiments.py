@@ -16,9 +16,8 @@ from monai.bundle import ConfigParser
 
 from plc_monai.data.phantom import write_phantom_dataset
 from plc_monai.engines import SemiSupervisedTrainer
-from plc_monai.experiments import paper_results
 from plc_monai.experiments.figures import sample_pixels_per_class
-from plc_monai.experiments.harness import _as_list, aggregate, experiment, run_experiment
+from plc_monai.experiments.harness import _as_list, aggregate, experiment, paper_dice, run_experiment
 from plc_monai.experiments.launch import LaunchOptions
 from plc_monai.experiments.round_models import RoundModelSaver, round_model_path
 from plc_monai.experiments.runs import (
@@ -255,10 +254,10 @@ def test_sample_pixels_per_class_matches_counts():
 
 
 def test_paper_values_and_aggregate():
-    assert paper_results.paper_dice("acdc", "tr1", "plc_intra") == 0.761
-    assert paper_results.paper_dice("MMWHS", "tr8", "two_step_semi") == 0.804
-    assert paper_results.paper_dice("prostate", "tr2", "baseline") == 0.550
-    assert paper_results.paper_dice("acdc", "tr1", "not_in_paper") is None
+    assert paper_dice("acdc", "tr1", "plc_intra") == 0.761
+    assert paper_dice("MMWHS", "tr8", "two_step_semi") == 0.804
+    assert paper_dice("prostate", "tr2", "baseline") == 0.550
+    assert paper_dice("acdc", "tr1", "not_in_paper") is None
     summary = lambda d, hd: {"structures": [{"structure": "RV", "dice_mean": d, "hd95_mm_mean": hd, "asd_mm_mean": None}],
                              "mean_foreground_dice": {"mean": d}}
     results = [

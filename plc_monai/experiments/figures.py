@@ -7,7 +7,7 @@ run's bundle configs read them (the t-SNE colours come from the labels the unlab
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from plc_monai.atomic_files import atomic_write
+from plc_monai.data.slice_pool import build_slice_pool
 from plc_monai.experiments.runs import RunSpec, bundle_parser
 
 __all__ = [
@@ -90,13 +91,6 @@ def load_run_volumes(run: RunSpec, subset: str, max_volumes: int) -> tuple[list[
     return items, list(parser["class_names"])
 
 
-def _slices(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack volumes ``[1, H, W, S]`` into slices: images ``[N, 1, H, W]``, labels ``[N, H, W]``."""
-    images = torch.cat([torch.as_tensor(i["image"]).float().permute(3, 0, 1, 2) for i in items])
-    labels = torch.cat([torch.as_tensor(i["label"])[0].permute(2, 0, 1).round().long() for i in items])
-    return images, labels
-
-
 def sample_pixels_per_class(
     labels: torch.Tensor, classes: Sequence[int], per_class: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -124,14 +118,9 @@ def sample_pixels_per_class(
     return torch.cat(picked)
 
 
-@torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """``fn`` applied to ``images`` ``[N, 1, H, W]`` in batches, concatenated along the first dimension."""
-    return torch.cat([fn(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
-
-
 def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int, figure: str) -> tuple[Any, ...]:
-    """``(first run, class names, images [N, 1, H, W], labels [N, H, W], items)`` of the first run's volumes.
+    """``(first run, class names, images [N, 1, H, W], labels [N, H, W] long, volume index [N])`` of the slices
+    of the first run's volumes.
 
     Raises:
         ValueError: when ``runs`` is empty or no volume of ``subset`` has a label file.
@@ -143,7 +132,8 @@ def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int
     if not items:
         what = "unlabeled or test" if subset == "unlabeled" else "test"
         raise ValueError(f"run {first.name}: no {what} volume with a label file.")
-    return (first, class_names, *_slices(items), items)
+    pool = build_slice_pool(items)
+    return first, class_names, pool.images, pool.labels.long(), pool.volume_index
 
 
 def tsne_figure(
@@ -179,7 +169,9 @@ def tsne_figure(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     for ax, (title, run) in zip(axes[0], runs.items()):
-        feats = _batched(load_run_network(run).backbone, images)  # [N, F, H, W]: the common network c_theta
+        backbone = load_run_network(run).backbone  # the common network c_theta: [N, F, H, W] features
+        with torch.no_grad():
+            feats = torch.cat([backbone(images[i : i + 16]) for i in range(0, images.shape[0], 16)])
         points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[idx].numpy()
         perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3.0)))
         xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
@@ -242,16 +234,15 @@ def example_slices_figure(
     Raises:
         ValueError: when ``runs`` is empty or there is no labeled test volume.
     """
-    _, class_names, images, labels, items = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
+    from plc_monai.handlers import predict_labels
+
+    _, class_names, images, labels, volumes = _first_run_slices(runs, "test", max_volumes, "example_slices_figure")
     area = (labels > 0).flatten(1).sum(1).tolist()
     ranked = []  # (rank of the slice's foreground area in its volume, -area, slice): each volume's best slice first
-    for slices in torch.arange(len(area)).split([torch.as_tensor(it["image"]).shape[-1] for it in items]):
+    for slices in torch.arange(len(area)).split(torch.bincount(volumes).tolist()):
         ranked += [(r, -area[s], s) for r, s in enumerate(sorted(slices.tolist(), key=lambda s: -area[s]))]
     chosen = torch.tensor([s for *_, s in sorted(ranked)[:num_examples]], dtype=torch.long)
-    predictions = {}
-    for title, run in runs.items():
-        network = load_run_network(run)
-        predictions[title] = _batched(lambda x: network(x).argmax(1), images[chosen])
+    predictions = {title: predict_labels(load_run_network(run), images[chosen], 16) for title, run in runs.items()}
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 

@@ -22,14 +22,12 @@ from typing import Any
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.experiments import figures as _figures
 from plc_monai.experiments.launch import LaunchOptions, Progress, RunOutcome, run_local, run_submitit
-from plc_monai.experiments.paper_results import METHOD_LABELS, METHOD_TABLE, paper_dice
 from plc_monai.experiments.runs import ExperimentSpec, RunSpec, plan_runs
-from plc_monai.experiments.worker import evaluate_checkpoint
 from plc_monai.reports import csv_text, format_duration, format_mean_std, markdown_table, mean_std, write_json
 
 __all__ = [
-    "run_experiment", "collect_experiment", "experiment", "aggregate", "format_markdown", "evaluate_checkpoint",
-    "UnfinishedRunsError", "DEFAULT_METHODS", "EXPERIMENT_FILE",
+    "run_experiment", "collect_experiment", "experiment", "aggregate", "format_markdown", "UnfinishedRunsError",
+    "DEFAULT_METHODS", "EXPERIMENT_FILE", "METHOD_TABLE", "METHOD_LABELS", "paper_dice",
 ]
 
 DEFAULT_METHODS = ("baseline", "self_training", "plc_inter", "plc_intra")
@@ -37,6 +35,59 @@ DEFAULT_METHODS = ("baseline", "self_training", "plc_inter", "plc_intra")
 _PROPOSED = ("plc_inter", "plc_intra")
 #: the experiment's spec and launch options, written at its start; ``--collect`` reads it
 EXPERIMENT_FILE = "experiment.json"
+
+# The paper's test Dice (Chaitanya et al., Section V): mean foreground Dice on the real test set over its runs,
+# keyed by this package's method names, or descriptive names for the paper's other rows. Columns: ACDC
+# |X_L| = 1, 2, 8; Prostate 1, 2, 8; MMWHS 1, 2, 8. Its ablations (Tables IV-VII) are in docs/experiments.md.
+_DATASETS, _SETTINGS = ("acdc", "prostate", "mmwhs"), ("tr1", "tr2", "tr8")
+#: TABLE I of the paper (random network initialization)
+_TABLE_I: dict[str, tuple[float, ...]] = {
+    "baseline": (0.614, 0.702, 0.844, 0.489, 0.550, 0.636, 0.451, 0.637, 0.787),
+    "self_training": (0.690, 0.749, 0.860, 0.551, 0.598, 0.680, 0.563, 0.691, 0.801),
+    "mixup": (0.695, 0.785, 0.863, 0.543, 0.593, 0.661, 0.561, 0.690, 0.796),
+    "data_augment": (0.731, 0.786, 0.865, 0.585, 0.597, 0.667, 0.529, 0.661, 0.785),
+    "adversarial_training": (0.536, 0.654, 0.791, 0.487, 0.544, 0.586, 0.482, 0.655, 0.779),
+    "noisy_student": (0.632, 0.737, 0.836, 0.556, 0.601, 0.668, 0.593, 0.685, 0.780),
+    "plc_intra": (0.761, 0.845, 0.881, 0.571, 0.613, 0.693, 0.599, 0.721, 0.803),
+    "plc_inter": (0.759, 0.831, 0.883, 0.578, 0.618, 0.696, 0.572, 0.719, 0.811),
+}
+#: TABLE II (concurrent contrastive works), without its last row: TABLE I's plc_inter again
+_TABLE_II: dict[str, tuple[float, ...]] = {
+    "two_step_supervised": (0.568, 0.717, 0.841, 0.561, 0.596, 0.686, 0.509, 0.661, 0.795),
+    "two_step_semi": (0.622, 0.747, 0.843, 0.568, 0.606, 0.688, 0.559, 0.704, 0.804),
+    "joint_pl_in_seg": (0.420, 0.603, 0.749, 0.435, 0.495, 0.545, 0.470, 0.510, 0.638),
+}
+#: Which table of the paper reports each method (for the results tables' column header).
+METHOD_TABLE: dict[str, str] = {**dict.fromkeys(_TABLE_I, "Table I"), **dict.fromkeys(_TABLE_II, "Table II")}
+#: Row labels of the results tables, in the paper's words.
+METHOD_LABELS: dict[str, str] = {
+    "baseline": "Baseline (random init.)",
+    "self_training": "Self-training [9]",
+    "plc_intra": "Pseudo-labels joint Tr. (intra)",
+    "plc_inter": "Pseudo-labels joint Tr. (inter)",
+    "joint_pl_in_seg": "Joint Tr. with pseudo-labels in seg. loss",
+    "two_step_semi": "Two step Tr. [26] (semi-sup)",
+    "two_step_supervised": "Two step Tr. [26] (fully-sup)",
+}
+
+
+def paper_dice(dataset: str, setting: str, method: str) -> float | None:
+    """The paper's mean foreground Dice (TABLE I, else TABLE II) for ``method`` on ``dataset`` with ``setting``.
+
+    Args:
+        dataset: ``acdc``, ``prostate`` or ``mmwhs`` (case-insensitive).
+        setting: ``tr1``, ``tr2`` or ``tr8``.
+        method: a method name of this package (e.g. ``plc_inter``) or of the paper's other rows
+            (``mixup``, ``data_augment``, ``adversarial_training``, ``noisy_student``).
+
+    Returns:
+        The Dice value, or ``None`` when the paper reports no such number.
+    """
+    row = _TABLE_I.get(method) or _TABLE_II.get(method)
+    dataset, setting = str(dataset).lower(), str(setting)
+    if row is None or dataset not in _DATASETS or setting not in _SETTINGS:
+        return None
+    return row[3 * _DATASETS.index(dataset) + _SETTINGS.index(setting)]
 
 
 class UnfinishedRunsError(RuntimeError):
@@ -392,14 +443,6 @@ def _as_list(value: str | Sequence[Any] | int | None) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _help_text() -> str:
-    from fire import helptext, trace
-
-    component_trace = trace.FireTrace(experiment, name="plc_monai")
-    component_trace.AddAccessedProperty(experiment, "experiment", ["experiment"], None, None)
-    return helptext.HelpText(experiment, component_trace)
-
-
 def experiment(
     bundle: str = "bundles/acdc",
     setting: str = "tr1",
@@ -445,7 +488,9 @@ def experiment(
         ValueError: when ``dataset_dir`` is missing, or for a bad value (the message names it).
     """
     if {"help", "h"} & set(overrides):
-        print(_help_text())
+        from plc_monai.__main__ import command_help  # imports this module
+
+        print(command_help("experiment"))
         return
     try:
         if collect:

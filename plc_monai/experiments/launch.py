@@ -353,14 +353,14 @@ def run_slots(
 
 
 def run_local(runs: Sequence[RunSpec], options: LaunchOptions, progress: Progress) -> dict[str, RunOutcome]:
-    """Execute ``runs`` in local slots: ``python -m plc_monai.experiments.run_worker <run.json>`` per run,
+    """Execute ``runs`` in local slots: ``python -m plc_monai.experiments.worker <run.json>`` per run,
     its output in ``logs/worker.log``."""
     python = options.python or sys.executable
     threads = options.threads_per_run()
     tasks = []
     for run in runs:
         write_json(run.run_file, run.to_dict())
-        argv = [python, "-m", "plc_monai.experiments.run_worker", str(run.run_file), "--python", python]
+        argv = [python, "-m", "plc_monai.experiments.worker", str(run.run_file), "--python", python]
         argv += ["--threads", str(threads)] if threads is not None else []
         argv += [] if options.echo else ["--quiet"]
         tasks.append(SlotTask(run.name, argv, run.log_dir / "worker.log"))

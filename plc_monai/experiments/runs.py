@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from plc_monai.cli import bundle_dir
 from plc_monai.data.splits import load_split
 
 __all__ = [
@@ -28,22 +29,15 @@ __all__ = [
 RUN_LAYOUT_IDS = ("output_dir", "ckpt_dir", "bundle_root", "dataset_dir", "split", "setting", "combo", "split_seed")
 
 
-def _bundle_path(bundle: str | os.PathLike) -> Path:
-    path = Path(bundle).expanduser().resolve()
-    if not (path / "configs" / "train.json").is_file():
-        raise FileNotFoundError(f"{path} is not a plc_monai bundle: {path / 'configs' / 'train.json'} does not exist.")
-    return path
-
-
 def available_methods(bundle: str | os.PathLike) -> list[str]:
     """Names of the method overrides in ``<bundle>/configs/methods/`` (file names without ``.json``)."""
-    folder = _bundle_path(bundle) / "configs" / "methods"
+    folder = bundle_dir(bundle) / "configs" / "methods"
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
 def method_config(bundle: str | os.PathLike, method: str) -> Path:
     """``<bundle>/configs/methods/<method>.json``; a :class:`FileNotFoundError` listing the methods if it is missing."""
-    path = _bundle_path(bundle) / "configs" / "methods" / f"{method}.json"
+    path = bundle_dir(bundle) / "configs" / "methods" / f"{method}.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"no method {method!r} in {path.parent} (expected {path.name}); available: {available_methods(bundle)}."
@@ -53,7 +47,7 @@ def method_config(bundle: str | os.PathLike, method: str) -> Path:
 
 def bundle_dataset(bundle: str | os.PathLike) -> str:
     """The ``dataset_name`` of the bundle's ``train.json`` (``acdc``, ``prostate``, ``mmwhs``)."""
-    path = _bundle_path(bundle) / "configs" / "train.json"
+    path = bundle_dir(bundle) / "configs" / "train.json"
     try:
         return str(json.loads(path.read_text())["dataset_name"])
     except (KeyError, json.JSONDecodeError) as err:
@@ -118,7 +112,7 @@ class ExperimentSpec:
     figures: bool = True
 
     def __post_init__(self) -> None:
-        self.bundle = _bundle_path(self.bundle)
+        self.bundle = bundle_dir(self.bundle)
         self.setting = str(self.setting)
         self.combos = tuple(str(c) for c in self.combos)
         self.methods = tuple(str(m) for m in self.methods)

@@ -1,7 +1,7 @@
 """One run of an experiment from start to end, in its own process: train through the bundle, then evaluate.
 
 Each step runs only when its output is missing, so calling it again finishes what is left. It runs as
-``python -m plc_monai.experiments.run_worker <run_dir>/run.json`` (a local slot) or as a submitit :class:`RunJob`.
+``python -m plc_monai.experiments.worker <run_dir>/run.json`` (a local slot) or as a submitit :class:`RunJob`.
 """
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ class RunJob:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plc_monai.experiments.run_worker RUN_JSON [--threads N] [--python P] [--quiet]``: 0 when the run
+    """``python -m plc_monai.experiments.worker RUN_JSON [--threads N] [--python P] [--quiet]``: 0 when the run
     finished, 1 when it failed (the traceback is printed)."""
-    parser = argparse.ArgumentParser(prog="python -m plc_monai.experiments.run_worker", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m plc_monai.experiments.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_file", help="the run's run.json (RunSpec.to_dict)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the run")
@@ -185,3 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
