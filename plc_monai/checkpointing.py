@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from plc_monai._ignite import Engine, Events
-from plc_monai.atomic_files import atomic_torch_save, atomic_write_json
+from plc_monai.atomic_files import atomic_torch_save
+from plc_monai.reports import write_json
 from plc_monai.runtime import is_main_process, unwrap
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
@@ -186,7 +187,7 @@ class BestModelPerPhase:
                     atomic_torch_save(weights, self.save_dir / self.final_filename)
             self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
         if is_main_process():
-            atomic_write_json(self.save_dir / "best_models.json", self.summary())
+            write_json(self.save_dir / "best_models.json", self.summary())
 
     def summary(self) -> dict[str, Any]:
         """The best validation value and iteration per phase and per joint round, and what ``model.pt`` holds."""
