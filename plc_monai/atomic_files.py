@@ -5,14 +5,13 @@ A crash, a full disk or a killed job leaves either the previous file or the new 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -51,11 +50,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON (no NaN) to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -14,17 +14,13 @@ from typing import Any
 import torch
 
 from plc_monai._ignite import Engine, Events
-from plc_monai.atomic_files import atomic_torch_save, atomic_write_json
-from plc_monai.runtime import is_main_process
+from plc_monai.atomic_files import atomic_torch_save
+from plc_monai.reports import write_json
+from plc_monai.runtime import is_main_process, unwrap
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
 
 _SELECTIONS = ("final_phase", "all_phases")
-
-
-def _unwrap(module: Any) -> Any:
-    """The module inside DistributedDataParallel/DataParallel, so saved keys have no ``module.`` prefix."""
-    return getattr(module, "module", module) if isinstance(module, torch.nn.Module) else module
 
 
 class ResumeCheckpoint:
@@ -78,7 +74,7 @@ class ResumeCheckpoint:
     def save(self, engine: Engine | None = None) -> None:
         if not is_main_process():
             return
-        state = {name: _unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
+        state = {name: unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
         atomic_torch_save(state, self.path)
 
     def load(self, engine: Engine | None = None) -> bool:
@@ -97,7 +93,7 @@ class ResumeCheckpoint:
             raise RuntimeError(f"checkpoint {self.path} lacks {missing}; it was written by another configuration.")
         prior_max_epochs = getattr(getattr(engine, "state", None), "max_epochs", None)
         for name, obj in objects.items():
-            _unwrap(obj).load_state_dict(state[name])
+            unwrap(obj).load_state_dict(state[name])
         if prior_max_epochs is not None:
             # the schedule of this run's config wins over the one stored in the checkpoint
             engine.state.max_epochs = prior_max_epochs
@@ -169,7 +165,7 @@ class BestModelPerPhase:
         phase_best = phase not in self.best or value > self.best[phase]["metric"]
         if not (round_best or phase_best):
             return
-        weights = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
+        weights = {k: v.detach().clone() for k, v in unwrap(self.network).state_dict().items()}
         if round_best:
             self.rounds[round_key] = dict(record)
             if getattr(self.trainer, "restore_best_each_round", False):
@@ -191,7 +187,7 @@ class BestModelPerPhase:
                     atomic_torch_save(weights, self.save_dir / self.final_filename)
             self.trainer.logger.info(f"best {phase} model: {self.metric_name}={value:.4f} at iteration {iteration}")
         if is_main_process():
-            atomic_write_json(self.save_dir / "best_models.json", self.summary())
+            write_json(self.save_dir / "best_models.json", self.summary())
 
     def summary(self) -> dict[str, Any]:
         """The best validation value and iteration per phase and per joint round, and what ``model.pt`` holds."""

@@ -23,7 +23,7 @@ from plc_monai._ignite import Engine, Events
 from plc_monai.compiled_step import CompiledLosses, CompiledOptimizerStep, check_compilable
 from plc_monai.data.slice_pool import SlicePool
 from plc_monai.pseudo_labels import PseudoLabelStore
-from plc_monai.runtime import autocast_dtype
+from plc_monai.runtime import autocast, autocast_dtype, unwrap
 
 __all__ = ["SemiSupervisedTrainer", "IterationTokens"]
 
@@ -271,14 +271,14 @@ class SemiSupervisedTrainer(Trainer):
         if best is None or best["round"] != ended:
             self.logger.info(f"round {ended + 1}: no validated model of round {ended} to restore; continuing")
             return
-        getattr(self.network, "module", self.network).load_state_dict(best["network"])
+        unwrap(self.network).load_state_dict(best["network"])
         (self.compiled_optimizer_step or self.optimizer).load_state_dict(best["optimizer"])
         self.logger.info(f"round {ended + 1}: continuing from the best model of round {ended}")
 
     def _start_joint(self, engine: Engine | None = None) -> None:
         """Step 2 starts from the best warm-up weights (the paper's theta^(0), xi^(0)) with a fresh optimizer."""
         if self.best_warmup_state is not None:
-            getattr(self.network, "module", self.network).load_state_dict(self.best_warmup_state)
+            unwrap(self.network).load_state_dict(self.best_warmup_state)
             self.logger.info("joint phase: starting from the best warm-up weights")
         if self.reset_optimizer_at_joint and self.compiled_optimizer_step is not None:
             self.compiled_optimizer_step.reset_state()  # in place: new state tensors would recompile the update
@@ -331,9 +331,6 @@ class SemiSupervisedTrainer(Trainer):
             images = self.intensity_augmentation({"image": images})["image"]
         return images, labels.long()
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.state.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
-
     # --- one iteration of each phase -------------------------------------------------------------
     def _forward(self, x: torch.Tensor, embedding: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Logits (and embeddings when asked) of ``x``, plus a zero-valued term touching every output (DDP
@@ -372,7 +369,7 @@ class SemiSupervisedTrainer(Trainer):
             ``{"loss": weighted sum (with graph), "seg_loss": ..., "cont_loss": ... (when lambda_cont > 0)}``.
         """
         use_cont = lambda_cont > 0
-        with self._autocast():
+        with autocast(self.state.device, self.use_amp, self.amp_dtype):
             logits, embedding, zero = self._forward(x if use_cont else x[:seg_count], embedding=use_cont)
             seg = self.seg_loss(logits[:seg_count].float(), y[:seg_count])
         loss = seg_weight * seg + zero
@@ -414,7 +411,7 @@ class SemiSupervisedTrainer(Trainer):
         # the authors' layout: a second forward pass of un-warped slices for the contrastive loss
         x_seg, y_seg = self._augment(images[:seg_count], labels[:seg_count], spatial=True, intensity=True)
         x_c, cont_labels = self._augment(images, labels, spatial=False, intensity=True)
-        with self._autocast():
+        with autocast(self.state.device, self.use_amp, self.amp_dtype):
             logits, _, zero_a = self._forward(x_seg, embedding=False)
             seg = self.seg_loss(logits.float(), y_seg)
             _, embedding, zero_b = self._forward(x_c, embedding=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from plc_monai._ignite import Engine, Events
 from plc_monai.pseudo_labels import PseudoLabelStore
-from plc_monai.runtime import autocast_dtype, is_main_process
+from plc_monai.runtime import autocast, is_main_process
 from plc_monai.atomic_files import atomic_write_bytes
 
 __all__ = ["PseudoLabelRefresh", "predict_labels"]
@@ -46,8 +46,7 @@ def predict_labels(
     network.eval()
     outputs = []
     try:
-        autocast = torch.autocast(device_type=images.device.type, dtype=autocast_dtype(images.device), enabled=amp)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(images.device, amp):
             for start in range(0, images.shape[0], batch_size):
                 logits = network(images[start : start + batch_size])
                 outputs.append(logits.float() if return_logits else logits.argmax(1).to(torch.uint8))

@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from plc_monai._contrastive_ops import (
-    class_masks,
-    class_sums_and_anchor_features,
-    cosine_logits,
-    draw_pixels,
-)
-
+from plc_monai._contrastive_ops import class_masks, class_sums_and_anchor_features, cosine_logits, draw_pixels
 
 __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 

@@ -18,7 +18,7 @@ import monai
 import torch
 
 import plc_monai
-from plc_monai.atomic_files import atomic_write_text
+from plc_monai.reports import write_json
 from plc_monai.runtime import is_main_process
 
 __all__ = ["write_run_info"]
@@ -68,5 +68,5 @@ def write_run_info(
         "python": sys.version.split()[0], "torch": torch.__version__, "monai": monai.__version__,
         "plc_monai": plc_monai.__version__,
     }
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
     return path

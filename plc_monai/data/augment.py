@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, RandomizableTransform
+from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import MAX_SEED, ensure_tuple_rep
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "RandBrightnessContrastBatchd",
     "RandSpatialBatchd",
     "SpatialBatchParams",
-    "paper_contrastive_augmentation",
-    "paper_seg_augmentation",
 ]
 
 #: The five per-slice options of the authors' ``augmentation_function``, in the order of their
@@ -591,56 +589,3 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
             out[key] = res if apply is None else torch.where(apply.view(view), res, x)
         return out
 
-
-def _seeded(transforms: list[Any], seed: int | None) -> Compose:
-    composed = Compose(transforms)
-    if seed is not None:
-        composed.set_random_state(seed=seed)
-    return composed
-
-
-def paper_seg_augmentation(
-    keys: Sequence[str] = ("image", "label"),
-    mode: Sequence[str] = ("bilinear", "nearest"),
-    intensity: bool = False,
-    seed: int | None = None,
-    intensity_kwargs: Mapping[str, Any] | None = None,
-    **spatial_kwargs: Any,
-) -> Compose:
-    """The segmentation-branch augmentation of the authors' code, as a :class:`Compose`.
-
-    Args:
-        keys: image key first, then label keys.
-        mode: ``grid_sample`` mode per key.
-        intensity: also apply brightness/contrast to the image key, as the paper text says (the authors'
-            code computes it but discards it, hence ``False``). When on, the defaults are the ranges of that
-            discarded graph: ``delta ~ U(-0.1, 0.1)``, ``factor ~ U(0.8, 1.2)``, no clipping.
-        seed: seed for :meth:`Compose.set_random_state`, or ``None``.
-        intensity_kwargs: keyword arguments of :class:`RandBrightnessContrastBatchd`.
-        spatial_kwargs: keyword arguments of :class:`RandSpatialBatchd` (e.g. ``elastic_prob``).
-
-    Returns:
-        the composed transform, applied to a dict of batch tensors.
-    """
-    transforms: list[Any] = [RandSpatialBatchd(keys=tuple(keys), mode=tuple(mode), **spatial_kwargs)]
-    if intensity:
-        kwargs = {"brightness": 0.1, "contrast": (0.8, 1.2), "clip": None, **dict(intensity_kwargs or {})}
-        transforms.append(RandBrightnessContrastBatchd(keys=keys[0], **kwargs))
-    return _seeded(transforms, seed)
-
-
-def paper_contrastive_augmentation(
-    keys: KeysCollection = "image", per_sample: bool = True, seed: int | None = None, **kwargs: Any
-) -> Compose:
-    """The contrastive-branch intensity augmentation (``delta ~ U(-0.3, 0.3)``, ``U(0.7, 1.3)``, clip ``[0, 1.5]``).
-
-    Args:
-        keys: image keys.
-        per_sample: independent draws per sample (default) or the authors' one draw per batch.
-        seed: seed for :meth:`Compose.set_random_state`, or ``None``.
-        kwargs: further keyword arguments of :class:`RandBrightnessContrastBatchd`.
-
-    Returns:
-        the composed transform.
-    """
-    return _seeded([RandBrightnessContrastBatchd(keys=keys, per_sample=per_sample, **kwargs)], seed)
