@@ -8,6 +8,7 @@ layout problem exists) or :class:`VolumeValidationError`; docs/data.md lists the
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -74,13 +75,10 @@ FOLDER_LAYOUT = (
 )
 
 MMWHS_LABEL_ALIASES: Mapping[int, int] = MappingProxyType({421: 420})
-"""Raw MM-WHS label values read as another raw value: one MM-WHS MRI label holds a few 421 voxels (a labelling
-slip for the left atrium's 420). Entries record them as ``raw_label_aliases``; ``extra_label_aliases={}``
-rejects such files."""
+"""Raw MM-WHS values read as another raw value: one label holds a few 421 voxels, a slip for the left atrium's 420."""
 
 _NIFTI_EXTS = (".nii.gz", ".nii")
 _ACDC_PATIENT = re.compile(r"^patient(\d{3})$")
-_ACDC_FRAME = re.compile(r"^patient(\d{3})_frame(\d{2})(_gt)?\.nii\.gz$")
 _MSD_CASE = re.compile(r"^prostate_(\d+)\.nii\.gz$")
 _MMWHS_FILE = re.compile(r"^mr_train_(\d{4})_(image|label)\.nii\.gz$")
 
@@ -100,6 +98,11 @@ def _visible(path: Path) -> bool:
 
 def _abs(path: Path) -> str:
     return os.path.abspath(path)
+
+
+def _scan(folder: Path, pattern: re.Pattern[str], key: Callable[[re.Match[str]], Any]) -> dict[Any, Path]:
+    """``{key(match): path}`` of the visible files of ``folder`` whose names match ``pattern``."""
+    return {key(m): f for f in folder.iterdir() if (m := pattern.match(f.name)) and _visible(f)}
 
 
 def _detect_layout(folder: Path) -> str | None:
@@ -156,6 +159,14 @@ def _unpaired(
     ]
 
 
+def _entries(images: dict[str, Path], labels: dict[str, Path], dataset: str, **extra: Any) -> list[dict[str, Any]]:
+    """One entry ``{"image", "label", "id", "dataset", **extra}`` per case with both files, sorted by id."""
+    return [
+        {"image": _abs(images[c]), "label": _abs(labels[c]), "id": c, "dataset": dataset, **copy.deepcopy(extra)}
+        for c in sorted(images.keys() & labels.keys())
+    ]
+
+
 def _finish(
     root: Path,
     entries: list[dict[str, Any]],
@@ -165,10 +176,7 @@ def _finish(
     spec: DatasetSpec | None,
     label_values: Iterable[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Validate ``entries`` if asked and return them, or raise one error listing every problem.
-
-    Layout problems make it a :class:`DatasetLayoutError`, volume problems alone a :class:`VolumeValidationError`.
-    """
+    """Validate ``entries`` if asked and return them, or raise one error (layout problems decide its class)."""
     problems = layout_problems + (validate_datalist(entries, spec, label_values=label_values) if validate else [])
     if not problems:
         return entries
@@ -236,24 +244,22 @@ def _read_info_cfg(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
 def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool = True) -> list[dict[str, Any]]:
     """Datalist of the ACDC training set in its download layout (:data:`ACDC_LAYOUT`).
 
-    The ``ED``/``ES`` lines of each patient's ``Info.cfg`` give the frame numbers; the 4D cine file is ignored.
-    Labels: 0 background, 1 RV, 2 Myo, 3 LV.
+    Labels: 0 background, 1 RV, 2 Myo, 3 LV. The 4D cine files are ignored.
 
     Args:
         dataset_dir: the ACDC ``training`` folder or the folder that contains it.
-        frames: ``"ed"`` (default, as the paper), ``"es"`` or ``"ed+es"``.
+        frames: ``"ed"`` (default, as the paper), ``"es"`` or ``"ed+es"``; ``Info.cfg`` gives their frame numbers.
         validate: read every selected volume and check it (:func:`validate_entry`).
 
     Returns:
-        Entries ``{"image", "label", "id", "patient", "dataset", "frame", "phase"}`` plus ``group``,
-        ``height``, ``weight``, ``num_frames`` when ``Info.cfg`` has them, sorted by ``id``. The id is
-        the patient number (``"001"``); with ``"ed+es"`` it is ``"001_ED"``/``"001_ES"``.
+        Entries ``{"image", "label", "id", "patient", "dataset", "frame", "phase"}`` plus ``group``, ``height``,
+        ``weight``, ``num_frames`` when ``Info.cfg`` has them, sorted by ``id``: the patient number (``"001"``),
+        with ``"ed+es"`` ``"001_ED"``/``"001_ES"``.
 
     Raises:
         ValueError: unknown ``frames``.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no patient folder, another dataset's layout, missing ``Info.cfg`` or
-            frame, image without label or label without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), another layout, a missing
+            ``Info.cfg`` or frame, unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     key = frames.lower().replace(" ", "")
@@ -271,11 +277,9 @@ def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool
     entries: list[dict[str, Any]] = []
     for folder in patients:
         number = _ACDC_PATIENT.match(folder.name).group(1)
-        images, labels = {}, {}
-        for f in folder.iterdir():
-            m = _ACDC_FRAME.match(f.name)
-            if m and m.group(1) == number:
-                (labels if m.group(3) else images)[int(m.group(2))] = f
+        frame_re = re.compile(rf"^{folder.name}_frame(\d{{2}})(_gt)?\.nii\.gz$")
+        files = _scan(folder, frame_re, lambda m: (bool(m.group(2)), int(m.group(1))))
+        images, labels = ({k: f for (gt, k), f in files.items() if gt == is_gt} for is_gt in (False, True))
         name = folder.name + "_frame{:02d}{}.nii.gz"
         layout_problems += _unpaired(images, labels, lambda k: name.format(k, "_gt"), lambda k: name.format(k, ""))
         try:
@@ -305,21 +309,10 @@ def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool
     return _finish(root, entries, layout_problems, ACDC_LAYOUT, validate, ACDC)
 
 
-def _msd_cases(folder: Path) -> dict[str, Path]:
-    """``{3-digit id: path}`` of ``prostate_NN.nii.gz`` files, skipping ``._*`` resource forks."""
-    found = {}
-    for f in folder.iterdir():
-        m = _MSD_CASE.match(f.name)
-        if m and _visible(f):
-            found[f"{int(m.group(1)):03d}"] = f
-    return found
-
-
 def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bool = True) -> list[dict[str, Any]]:
     """Datalist of the MSD Task05 Prostate training set in its download layout (:data:`PROSTATE_LAYOUT`).
 
-    Images are 4D ``[X, Y, Z, 2]`` (channel 0 T2, 1 ADC); labels 0 background, 1 PZ, 2 TZ. macOS ``._*``
-    files are skipped; ``imagesTs/`` is not read.
+    Images are 4D ``[X, Y, Z, 2]``; labels 0 background, 1 PZ, 2 TZ. macOS ``._*`` files and ``imagesTs/`` are skipped.
 
     Args:
         dataset_dir: the ``Task05_Prostate`` folder or the folder that contains it.
@@ -327,14 +320,13 @@ def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bo
         validate: read every volume and check it (:func:`validate_entry`).
 
     Returns:
-        Entries ``{"image", "label", "id", "dataset", "channel", "channel_name"}`` sorted by ``id``;
-        the id is the 3-digit case number of the paper's split lists (``prostate_00`` -> ``"000"``).
+        Entries ``{"image", "label", "id", "dataset", "channel", "channel_name"}`` sorted by ``id``, the
+        3-digit case number of the paper's split lists (``prostate_00`` -> ``"000"``).
 
     Raises:
         ValueError: ``channel`` not 0 or 1.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no ``imagesTr``/``labelsTr``, another dataset's layout, unreadable
-            ``dataset.json``, image without label or label without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no ``imagesTr``/``labelsTr``, another
+            layout, an unreadable ``dataset.json``, unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     if isinstance(channel, bool) or channel not in (0, 1):
@@ -360,34 +352,20 @@ def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bo
             if isinstance(modality, Mapping) and str(channel) in modality:
                 channel_name = str(modality[str(channel)])
 
-    images, labels = _msd_cases(images_dir), _msd_cases(labels_dir)
+    images, labels = (_scan(d, _MSD_CASE, lambda m: f"{int(m.group(1)):03d}") for d in (images_dir, labels_dir))
     if not images and not labels:
         raise _layout_error("no prostate_NN.nii.gz file found in imagesTr", root, PROSTATE_LAYOUT)
     layout_problems += _unpaired(
         images, labels, lambda c: f"labelsTr/{images[c].name}", lambda c: f"imagesTr/{labels[c].name}"
     )
-    entries = [
-        {
-            "image": _abs(images[case]),
-            "label": _abs(labels[case]),
-            "id": case,
-            "dataset": PROSTATE.name,
-            "channel": channel,
-            "channel_name": channel_name,
-        }
-        for case in sorted(images.keys() & labels.keys())
-    ]
+    entries = _entries(images, labels, PROSTATE.name, channel=channel, channel_name=channel_name)
     return _finish(root, entries, layout_problems, PROSTATE_LAYOUT, validate, PROSTATE)
 
 
 def read_mmwhs(
-    dataset_dir: str | os.PathLike,
-    extra_label_aliases: Mapping[int, int] = MMWHS_LABEL_ALIASES,
-    validate: bool = True,
+    dataset_dir: str | os.PathLike, extra_label_aliases: Mapping[int, int] = MMWHS_LABEL_ALIASES, validate: bool = True
 ) -> list[dict[str, Any]]:
     """Datalist of the MM-WHS MRI training set in its download layout (:data:`MMWHS_LAYOUT`).
-
-    Raw label values are ``MMWHS.raw_label_values``; preprocessing maps them to classes 0..7.
 
     Args:
         dataset_dir: the folder holding the files or their ``mr_train`` folder.
@@ -398,13 +376,12 @@ def read_mmwhs(
     Returns:
         Entries ``{"image", "label", "id", "dataset", "raw_label_aliases"}`` sorted by ``id`` (``"1001"``);
         ``raw_label_aliases`` is ``[[raw, target], ...]`` for preprocessing to apply before mapping raw
-        values to classes.
+        values (``MMWHS.raw_label_values``) to classes.
 
     Raises:
         ValueError: an alias whose key is already a label value or whose target is not one.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no MM-WHS file, another dataset's layout, image without label or label
-            without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no MM-WHS file, another layout,
+            unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     known = list(MMWHS.raw_label_values)
@@ -417,27 +394,15 @@ def read_mmwhs(
     root = _require_dir(dataset_dir, MMWHS_LAYOUT)
     if not any(_MMWHS_FILE.match(p.name) for p in root.iterdir()) and (root / "mr_train").is_dir():
         root = root / "mr_train"
-    images, labels = {}, {}
-    for f in root.iterdir():
-        m = _MMWHS_FILE.match(f.name)
-        if m and _visible(f):
-            (images if m.group(2) == "image" else labels)[m.group(1)] = f
+    files = _scan(root, _MMWHS_FILE, lambda m: (m.group(2), m.group(1)))
+    images, labels = ({c: f for (kind, c), f in files.items() if kind == k} for k in ("image", "label"))
     if not images and not labels:
         raise _layout_error("no mr_train_10NN_image.nii.gz file found", root, MMWHS_LAYOUT)
     layout_problems = _unpaired(
         images, labels, lambda c: f"mr_train_{c}_label.nii.gz", lambda c: f"mr_train_{c}_image.nii.gz"
     )
-    entries = [
-        {
-            "image": _abs(images[c]),
-            "label": _abs(labels[c]),
-            "id": c,
-            "dataset": MMWHS.name,
-            # not "label_..." : MONAI treats every "label_*" key as the label's meta dictionary
-            "raw_label_aliases": [list(p) for p in pairs],
-        }
-        for c in sorted(images.keys() & labels.keys())
-    ]
+    # not "label_..." : MONAI treats every "label_*" key as the label's meta dictionary
+    entries = _entries(images, labels, MMWHS.name, raw_label_aliases=pairs)
     return _finish(root, entries, layout_problems, MMWHS_LAYOUT, validate, MMWHS)
 
 
@@ -452,13 +417,13 @@ def read_folder(
 ) -> list[dict[str, Any]]:
     """Datalist of any folder of images with (optional) labels paired by file name.
 
-    ``<images_dir>/<stem>.nii.gz`` pairs with ``<labels_dir>/<stem><label_suffix>.nii.gz`` (``.nii`` works
-    too), e.g. MS-CMRSeg's ``subject1_DE.nii.gz`` with ``subject1_DE_manual.nii.gz``. Labels may sit in
-    the image folder when ``label_suffix`` is not empty.
+    ``<images_dir>/<stem>.nii.gz`` (or ``.nii``) pairs with ``<labels_dir>/<stem><label_suffix>.nii.gz``, e.g.
+    MS-CMRSeg's ``subject1_DE.nii.gz`` with ``subject1_DE_manual.nii.gz``.
 
     Args:
         images_dir: folder of images.
-        labels_dir: folder of labels; ``None`` for images only (inference).
+        labels_dir: folder of labels (may be ``images_dir`` when ``label_suffix`` is not empty); ``None``
+            for images only (inference).
         image_glob: pattern selecting the image files in ``images_dir``.
         label_suffix: text between the image stem and the extension in label names.
         validate: read every volume and check it (:func:`validate_entry`).
@@ -470,9 +435,8 @@ def read_folder(
 
     Raises:
         ValueError: labels in the image folder with an empty ``label_suffix``.
-        DatasetNotFoundError: a folder does not exist.
-        DatasetLayoutError: no image matches ``image_glob``, image without label or label without
-            image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no image matching ``image_glob``,
+            unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     layout = f"{FOLDER_LAYOUT}, images matching {image_glob!r}, label_suffix={label_suffix!r}"
@@ -511,12 +475,10 @@ def read_folder(
             lambda stem: f"{_abs(lab_root / (stem + label_suffix))}.nii.gz",
             lambda stem: f"{stem}.nii.gz in {_abs(img_root)}",
         )
-    entries = []
-    for stem in sorted(images):
-        if lab_root is None:
-            entries.append({"image": _abs(images[stem]), "id": stem, "dataset": dataset})
-        elif stem in labels:
-            entries.append({"image": _abs(images[stem]), "label": _abs(labels[stem]), "id": stem, "dataset": dataset})
+    if lab_root is None:
+        entries = [{"image": _abs(images[stem]), "id": stem, "dataset": dataset} for stem in sorted(images)]
+    else:
+        entries = _entries(images, labels, dataset)
     return _finish(img_root, entries, layout_problems, layout, validate, None, label_values)
 
 
