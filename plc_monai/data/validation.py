@@ -110,21 +110,19 @@ def _image_problems(path: str, data: np.ndarray, channel: int | None) -> list[st
 
 
 def _label_problems(
-    path: str,
-    lab: Any,
-    data: np.ndarray,
-    image_path: str,
-    image: Any | None,
-    spatial_shape: tuple[int, ...] | None,
-    allowed: tuple[int, ...] | None,
+    path: str, image_path: str, image: Any | None, shape: tuple[int, ...] | None, allowed: tuple[int, ...] | None
 ) -> list[str]:
-    """Dimension, shape, affine and value problems of one label array against its image."""
+    """Read problems, or dimension, shape, affine and value problems of one label file against its image."""
+    try:
+        lab, data = load_volume(path)
+    except ValueError as err:
+        return [str(err)]
     problems = []
     if data.ndim != 3:
         problems.append(f"{path}: expected a 3D label volume, got shape {tuple(data.shape)}")
-    elif spatial_shape is not None and tuple(data.shape) != spatial_shape:
+    elif shape is not None and tuple(data.shape) != shape:
         problems.append(
-            f"{path}: label shape {tuple(data.shape)} differs from image shape {spatial_shape} of {image_path}"
+            f"{path}: label shape {tuple(data.shape)} differs from image shape {shape} of {image_path}"
         )
     if image is not None and not np.allclose(lab.affine, image.affine, atol=_AFFINE_ATOL):
         diff = float(np.abs(lab.affine - image.affine).max())
@@ -142,10 +140,7 @@ def _label_problems(
 
 
 def validate_entry(
-    entry: Mapping[str, Any],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
+    entry: Mapping[str, Any], spec: DatasetSpec | None = None, *, label_values: Iterable[int] | None = None
 ) -> None:
     """Check one datalist entry's image (and label) files, reading each once.
 
@@ -176,26 +171,17 @@ def validate_entry(
         if data.ndim == (3 if channel is None else 4):
             spatial_shape = tuple(data.shape[:3])
     if entry.get("label") is not None:
-        label_path = str(entry["label"])
         if label_values is not None:
             allowed = tuple(sorted({int(v) for v in label_values}))
         else:
             allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
-        try:
-            lab, lab_data = load_volume(label_path)
-        except ValueError as err:
-            problems.append(str(err))
-        else:
-            problems += _label_problems(label_path, lab, lab_data, image_path, image, spatial_shape, allowed)
+        problems += _label_problems(str(entry["label"]), image_path, image, spatial_shape, allowed)
     if problems:
         raise VolumeValidationError(f"case {entry.get('id', image_path)}: " + "; ".join(problems))
 
 
 def validate_datalist(
-    datalist: Sequence[Mapping[str, Any]],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
+    datalist: Sequence[Mapping[str, Any]], spec: DatasetSpec | None = None, *, label_values: Iterable[int] | None = None
 ) -> list[str]:
     """Run :func:`validate_entry` on every entry and collect the messages.
 
