@@ -16,7 +16,7 @@ class DatasetSpec:
     Args:
         name: short id used on the command line and in configs (``acdc``, ``prostate``, ``mmwhs``).
         class_names: one name per output channel, background first.
-        raw_label_values: raw label file value of each class of ``class_names``; preprocessing maps it to ``k``.
+        raw_label_values: the raw label file value of each class (same order); the k-th maps to class k.
         spacing_mm: in-plane target spacing ``r_f`` in millimetres (Section IV-B of the paper).
         crop_size: in-plane size ``d_f`` after centre crop or pad.
         modality: imaging modality written into bundle metadata.

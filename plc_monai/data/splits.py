@@ -52,8 +52,7 @@ class Split:
     Args:
         labeled: ids of the labeled set ``X_L``.
         validation: ids used for model selection.
-        unlabeled: ids of the unlabeled pool ``X_U`` (may contain labeled/validation ids: the
-            authors' pools do).
+        unlabeled: ids of the unlabeled pool ``X_U`` (may contain labeled/validation ids, as the authors' pools).
         test: ids of the held-out test set; disjoint from the three other lists.
         seed: the seed of :func:`random_split`; ``None`` for the paper's fixed splits.
         source: where the split comes from, e.g. ``"paper:acdc/tr1/c1"``.
@@ -137,8 +136,7 @@ def load_paper_split(dataset: str, setting: str = "tr1", combo: str = "c1", excl
     Args:
         dataset: ``acdc``, ``prostate`` or ``mmwhs``.
         setting: labeled-set size, ``tr1``, ``tr2`` or ``tr8``.
-        combo: which combination of labeled/validation ids, ``c1``..``c5`` (see
-            :func:`list_paper_settings`).
+        combo: which combination of labeled/validation ids, ``c1``..``c5`` (:func:`list_paper_settings`).
         exclude_overlap: remove the labeled and validation ids from the unlabeled pool.
 
     Returns:
@@ -171,11 +169,7 @@ def _count(name: str, value: Any, minimum: int) -> int:
 
 
 def random_split(
-    ids: Sequence[str],
-    num_labeled: int,
-    num_validation: int = 2,
-    num_test: int | float | None = None,
-    seed: int = 0,
+    ids: Sequence[str], num_labeled: int, num_validation: int = 2, num_test: int | float | None = None, seed: int = 0
 ) -> Split:
     """A seeded random split of ``ids`` into test, validation, labeled and unlabeled sets.
 
@@ -186,16 +180,14 @@ def random_split(
         ids: distinct volume ids (strings).
         num_labeled: size of the labeled set, at least 1.
         num_validation: size of the validation set (default 2, as the paper).
-        num_test: size of the test set: an integer, a fraction in ``(0, 1)`` of ``len(ids)``
-            (rounded), or ``None`` for no test set.
+        num_test: size of the test set: an integer, a fraction in ``(0, 1)`` of ``len(ids)``, or ``None``.
         seed: seed of the shuffle.
 
     Returns:
         The split, each list sorted, with ``seed`` and ``source="random_split(seed=...)"``.
 
     Raises:
-        ValueError: non-string or repeated ids, a count out of range, or more volumes asked for
-            than there are ids.
+        ValueError: non-string or repeated ids, a count out of range, or more volumes asked for than ids.
     """
     ids = list(ids)
     _check_ids(ids, "random_split")
@@ -253,7 +245,7 @@ def load_split(path: str | os.PathLike) -> Split:
 def select(
     datalist: Sequence[Mapping[str, Any]], ids: Sequence[str], dataset_dir: str | os.PathLike | None = None
 ) -> list[dict[str, Any]]:
-    """Entries of ``datalist`` whose ``id`` is in ``ids``, in the order of ``ids``.
+    """Shallow copies of the entries of ``datalist`` whose ``id`` is in ``ids``, in the order of ``ids``.
 
     Args:
         datalist: entries with an ``id`` key (as from :func:`plc_monai.data.readers.read_datalist`).
@@ -261,12 +253,9 @@ def select(
         dataset_dir: the folder the datalist was read from, for the error message; by default the
             folder common to the entries' images.
 
-    Returns:
-        Shallow copies of the selected entries.
-
     Raises:
-        ValueError: an id missing from the datalist (all missing ids and the dataset folder are
-            named), or an id present twice in the datalist.
+        ValueError: ids missing from the datalist (all named, with the dataset folder), or an id present
+            twice in the datalist.
     """
     by_id = {entry["id"]: entry for entry in datalist}
     wanted = list(ids)
