@@ -76,7 +76,7 @@ def hash_transforms(transforms: Sequence[Transform]) -> bytes:
         transforms: the deterministic prefix MONAI passes in.
 
     Returns:
-        a hex digest as bytes.
+        A hex digest as bytes.
     """
     return pickle_hashing({"version": CACHE_FORMAT_VERSION, "transforms": _describe(list(transforms))})
 

@@ -187,14 +187,11 @@ def _finish(
 
 
 def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Mapping[int, int]) -> dict[int, int]:
-    """Turn raw-to-raw label aliases into ``{raw value: class index}``.
+    """``{raw value: class index}`` of raw-to-raw label aliases, e.g. ``{421: 2}`` for MM-WHS (420 is class 2).
 
     Args:
-        spec: the dataset's description (its ``label_map``).
+        spec: the dataset's description.
         label_aliases: ``{raw: target raw}`` or ``[[raw, target raw], ...]`` (the datalist form).
-
-    Returns:
-        e.g. ``{421: 2}`` for MM-WHS, where 420 (left atrium) is class 2.
 
     Raises:
         ValueError: an alias target that is not one of the spec's raw values.

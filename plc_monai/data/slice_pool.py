@@ -5,8 +5,8 @@ The trainer gathers batches from them by index instead of running a DataLoader (
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,14 +44,9 @@ class SlicePool:
 
     def to(self, device: torch.device | str) -> SlicePool:
         """A copy of the pool on ``device``."""
-        return SlicePool(
-            images=self.images.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-            volume_index=self.volume_index.to(device),
-            slice_index=self.slice_index.to(device),
-            volume_ids=list(self.volume_ids),
-            affines=list(self.affines),
-        )
+        labels = None if self.labels is None else self.labels.to(device)
+        tensors = {k: getattr(self, k).to(device) for k in ("images", "volume_index", "slice_index")}
+        return replace(self, **tensors, labels=labels, volume_ids=list(self.volume_ids), affines=list(self.affines))
 
 
 def _as_volume(value: Any, key: str, item_id: str) -> torch.Tensor:
@@ -65,7 +60,7 @@ def _as_volume(value: Any, key: str, item_id: str) -> torch.Tensor:
 
 
 def build_slice_pool(
-    dataset: Iterable[Mapping[str, Any]] | Sequence[Mapping[str, Any]],
+    dataset: Iterable[Mapping[str, Any]],
     device: torch.device | str = "cpu",
     image_key: str = "image",
     label_key: str | None = "label",
@@ -80,10 +75,10 @@ def build_slice_pool(
         label_key: key of the label; ``None`` for unlabeled volumes (labels in the items are ignored).
 
     Returns:
-        The pool. An empty dataset gives an empty pool (``len == 0``) with ``labels`` of shape ``[0, 0, 0]``.
+        The pool (empty, with ``labels`` ``[0, 0, 0]``, for an empty dataset).
 
     Raises:
-        ValueError: when volumes differ in channel count or in-plane size, or a label is missing.
+        ValueError: volumes that differ in channel count or in-plane size, or a missing label.
     """
     images, labels, vol_idx, sl_idx, ids, affines = [], [], [], [], [], []
     for v, item in enumerate(dataset):

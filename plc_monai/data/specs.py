@@ -99,9 +99,8 @@ class BundleSpec:
         summary: the dataset-specific first sentences of the metadata ``description``.
         data_source: the metadata ``data_source`` (challenge and URL).
         image_description: what one input slice is (the metadata ``image_classes`` adds the preprocessing).
-        class_descriptions: one description per class of ``dataset.class_names`` (background first),
-            for the metadata ``label_classes`` and ``pred_classes``.
-        channel_names: one name per class (background first) for the output ``channel_def``.
+        class_descriptions: one description per class, for the metadata ``label_classes`` and ``pred_classes``.
+        channel_names: one name per class, for the output ``channel_def``.
         references: citations of the dataset, listed between the method's and N4's.
 
     Raises:

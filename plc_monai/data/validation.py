@@ -34,15 +34,11 @@ _AFFINE_ATOL = 1e-3
 def allowed_label_values(
     spec: DatasetSpec | None, label_aliases: Iterable[Sequence[int]] | Mapping[int, int] | None = None
 ) -> tuple[int, ...] | None:
-    """Raw label values a dataset's label files may hold.
+    """Sorted raw label values a dataset's label files may hold; ``None`` (any value) when ``spec`` is ``None``.
 
     Args:
-        spec: the dataset's description; ``None`` means "any value".
-        label_aliases: extra raw values read as another raw value, as ``{raw: target}`` or
-            ``[[raw, target], ...]`` (the form stored in datalist entries).
-
-    Returns:
-        The sorted allowed values, or ``None`` when ``spec`` is ``None``.
+        spec: the dataset's description.
+        label_aliases: extra raw values read as another raw value, ``{raw: target}`` or ``[[raw, target], ...]``.
     """
     if spec is None:
         return None
@@ -183,12 +179,7 @@ def validate_entry(
 def validate_datalist(
     datalist: Sequence[Mapping[str, Any]], spec: DatasetSpec | None = None, *, label_values: Iterable[int] | None = None
 ) -> list[str]:
-    """Run :func:`validate_entry` on every entry and collect the messages.
-
-    Args:
-        datalist: entries as produced by the readers.
-        spec: the dataset's description (allowed label values); ``None`` skips the value check.
-        label_values: explicit allowed label values; overrides ``spec``.
+    """Run :func:`validate_entry` (same ``spec`` and ``label_values``) on every entry of ``datalist``.
 
     Returns:
         One message per bad entry (empty when all are valid).
