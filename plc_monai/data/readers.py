@@ -77,7 +77,7 @@ FOLDER_LAYOUT = (
 MMWHS_LABEL_ALIASES: Mapping[int, int] = MappingProxyType({421: 420})
 """Raw MM-WHS values read as another raw value: one label holds a few 421 voxels, a slip for the left atrium's 420."""
 
-_NIFTI_EXTS = (".nii.gz", ".nii")
+_NIFTI_EXT = re.compile(r"\.nii(\.gz)?$")
 _ACDC_PATIENT = re.compile(r"^patient(\d{3})$")
 _MSD_CASE = re.compile(r"^prostate_(\d+)\.nii\.gz$")
 _MMWHS_FILE = re.compile(r"^mr_train_(\d{4})_(image|label)\.nii\.gz$")
@@ -85,10 +85,8 @@ _MMWHS_FILE = re.compile(r"^mr_train_(\d{4})_(image|label)\.nii\.gz$")
 
 def _split_ext(name: str) -> tuple[str, str]:
     """``"a_b.nii.gz" -> ("a_b", ".nii.gz")``; ``("name", "")`` for other extensions."""
-    for ext in _NIFTI_EXTS:
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    return name, ""
+    m = _NIFTI_EXT.search(name)
+    return (name[: m.start()], m.group()) if m else (name, "")
 
 
 def _visible(path: Path) -> bool:
