@@ -1,10 +1,4 @@
-"""From a dataset folder and a split choice to the four datalists a run needs.
-
-Bundles call :func:`split_datalists` once: it reads and validates the folder (before any training
-starts), picks the paper's fixed split or a seeded random one (or a saved split file), saves the
-split next to the run's outputs so the run can be repeated exactly, and returns the labeled,
-validation, unlabeled and test datalists.
-"""
+"""From a dataset folder and a split choice to the four datalists a run needs (the bundles' ``data``)."""
 
 from __future__ import annotations
 
@@ -13,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from plc_monai.data.readers import read_datalist
-from plc_monai.data.splits import Split, list_paper_settings, load_paper_split, load_split, random_split, save_split, select
+from plc_monai.data import splits
 
 __all__ = ["split_datalists", "SETTING_SIZES"]
 
 SETTING_SIZES = {"tr1": 1, "tr2": 2, "tr8": 8}
+_PARTS = ("labeled", "validation", "unlabeled", "test")
 
 
 def _num_labeled(setting: str) -> int:
@@ -42,7 +37,7 @@ def split_datalists(
     validate: bool = True,
     reader_options: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Read ``dataset_dir`` and split it.
+    """Read (and validate, before any training starts) ``dataset_dir`` and split it.
 
     Args:
         dataset: ``acdc``, ``prostate``, ``mmwhs`` or ``folder``.
@@ -55,8 +50,8 @@ def split_datalists(
         num_validation: validation volumes of a random split.
         test_fraction: fraction of volumes held out for testing in a random split.
         exclude_overlap: drop labeled/validation ids from the paper's unlabeled pool (the authors' pools include them).
-        save_to: where to write the split used (JSON, atomically); ``None`` to skip.
-        validate: validate every volume while reading (recommended: fails before training starts).
+        save_to: where to write the split used (JSON, atomically), so the run can be repeated; ``None`` to skip.
+        validate: validate every volume while reading.
         reader_options: options of the dataset's reader (``frames``, ``channel``, ...).
 
     Returns:
@@ -67,39 +62,36 @@ def split_datalists(
         ValueError: unknown split choice, ids of the split missing from the folder, the readers' errors.
     """
     datalist = read_datalist(dataset, dataset_dir, validate=validate, **(reader_options or {}))
+    paper = dataset.lower() in splits.PAPER_SPLIT_DATASETS
     if split == "paper":
-        if dataset.lower() not in ("acdc", "prostate", "mmwhs"):
-            raise ValueError(f"the paper's splits exist for acdc, prostate and mmwhs, not {dataset!r}; use split='random'.")
-        chosen = load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
+        if not paper:
+            raise ValueError(
+                f"the paper's splits exist for acdc, prostate and mmwhs, not {dataset!r}; use split='random'."
+            )
+        chosen = splits.load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
     elif split == "random":
         # several entries of one patient (ACDC ED + ES frames) stay on the same side of the split
         groups: dict[str, list[str]] = {}
         for e in datalist:
             groups.setdefault(str(e.get("patient", e["id"])), []).append(e["id"])
-        by_patient = random_split(
+        by_patient = splits.random_split(
             list(groups), _num_labeled(setting), num_validation=num_validation,
             num_test=test_fraction if test_fraction > 0 else None, seed=seed,
         )
-        chosen = Split(
-            **{part: [i for g in getattr(by_patient, part) for i in groups[g]]
-               for part in ("labeled", "validation", "unlabeled", "test")},
+        chosen = splits.Split(
+            **{part: [i for g in getattr(by_patient, part) for i in groups[g]] for part in _PARTS},
             seed=by_patient.seed, source=by_patient.source + " (by patient)",
         )
     elif Path(split).suffix == ".json":
-        chosen = load_split(split)
+        chosen = splits.load_split(split)
     else:
         raise ValueError(
             f"split must be 'paper', 'random' or the path of a split .json file, got {split!r} "
-            f"(paper settings for {dataset}: {list_paper_settings(dataset) if dataset in ('acdc', 'prostate', 'mmwhs') else 'none'})."
+            f"(paper settings for {dataset}: {splits.list_paper_settings(dataset) if paper else 'none'})."
         )
-    out: dict[str, Any] = {
-        "labeled": select(datalist, chosen.labeled, dataset_dir),
-        "validation": select(datalist, chosen.validation, dataset_dir),
-        "unlabeled": [{k: v for k, v in e.items() if k != "label"} for e in select(datalist, chosen.unlabeled, dataset_dir)],
-        "test": select(datalist, chosen.test, dataset_dir),
-    }
+    out: dict[str, Any] = {part: splits.select(datalist, getattr(chosen, part), dataset_dir) for part in _PARTS}
+    out["unlabeled"] = [{k: v for k, v in e.items() if k != "label"} for e in out["unlabeled"]]
     out["split"] = chosen.to_dict()
     if save_to is not None:
-        save_split(chosen, save_to)
+        splits.save_split(chosen, save_to)
     return out
-

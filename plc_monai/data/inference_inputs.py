@@ -1,15 +1,11 @@
-"""The volumes an inference run segments: a folder of NIfTI files or a datalist, checked before anything runs.
-
-One unreadable or wrongly shaped file must not be dropped silently while the others are segmented:
-every input is checked from its header (cheap) and the run fails with one error that lists every bad
-file and what was expected.
-"""
+"""The volumes an inference run segments, every one checked before anything runs: one error lists each bad file."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +20,11 @@ class InferenceInputError(ValueError):
 
 
 def _check(path: Path, num_channels: int | None) -> str | None:
-    """A problem with ``path`` or ``None``: readable NIfTI header, 3D (or 4D with channels last), non-empty."""
+    """A problem with ``path`` or ``None``: readable NIfTI, 3D (or 4D with ``num_channels``+ channels last)."""
+    if not path.exists():
+        return f"{path}: no such file"
     try:
-        # the whole file, not only the header: a cut-off .nii.gz keeps a valid header
-        img, _ = load_volume(str(path))
-        shape = img.shape
+        shape = load_volume(str(path))[0].shape  # the whole file: a cut-off .nii.gz keeps a valid header
     except ValueError as e:
         return str(e)
     if len(shape) == 3:
@@ -83,21 +79,10 @@ def list_inference_inputs(
         raise InferenceInputError("give dataset_dir (a folder of NIfTI volumes) or datalist.")
     if not paths:
         raise InferenceInputError(f"no {pattern} volume found in {dataset_dir}.")
-    problems = [
-        problem
-        for problem in (f"{path}: no such file" if not path.exists() else _check(path, num_channels) for path in paths)
-        if problem
-    ]
+    problems = [problem for problem in (_check(path, num_channels) for path in paths) if problem]
     if problems:
         raise InferenceInputError(
             f"{len(problems)} of {len(paths)} input volume(s) cannot be segmented (nothing was run):\n  "
             + "\n  ".join(problems)
         )
-    entries = []
-    for path in paths:
-        name = path.name
-        for ext in (".nii.gz", ".nii"):
-            if name.endswith(ext):
-                name = name[: -len(ext)]
-        entries.append({"image": str(path.resolve()), "id": name})
-    return entries
+    return [{"image": str(path.resolve()), "id": re.sub(r"\.nii(\.gz)?$", "", path.name)} for path in paths]

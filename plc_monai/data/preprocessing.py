@@ -1,23 +1,7 @@
-"""The on-disk cache of the preprocessing chain (the paper's Section IV-B).
+"""The on-disk cache of the preprocessing chain (``train#preprocessing`` of each bundle; docs/data.md).
 
-The chain itself is defined once, as config: ``train#preprocessing`` of each bundle
-(``bundles/<dataset>/configs/train.json``; ``inference.json``'s ``preprocessing`` is its image-only
-form)::
-
-    LoadImaged -> EnsureChannelFirstd -> SelectChanneld -> MapLabelValuesd -> CopyItemsd(native_label)
-    -> SliceAxisLastd -> N4BiasFieldCorrectiond -> PercentileNormalized -> Spacingd(r, r, keep)
-    -> ResizeWithPadOrCropd(H, W, keep) -> EnsureTyped(float32)
-
-so a volume becomes ``image [1, H, W, S]`` (float32, slice axis last) and ``label [1, H, W, S]``
-(class indices as float32); ``Invertd`` with the chain maps a prediction back to the volume's grid.
-Python code that needs it parses it from the bundle
-(``ConfigParser.get_parsed_content("train#preprocessing")``), as ``python -m plc_monai prepare``
-(:func:`plc_monai.cli.prepare`), the tests and the experiment figures do.
-
-This module holds what the bundles' datasets use to cache the chain's output:
-:class:`AtomicPersistentDataset` (a MONAI ``PersistentDataset`` whose files appear atomically and
-load with their metadata) and :func:`hash_transforms` (the part of each file name that changes when a
-parameter of the chain changes: spacing, N4 on/off, crop size, label values ...).
+:class:`AtomicPersistentDataset` is a MONAI ``PersistentDataset`` whose files appear atomically and load with
+their metadata; :func:`hash_transforms` gives the part of each file name that changes with the chain's parameters.
 """
 
 from __future__ import annotations
@@ -42,14 +26,12 @@ from plc_monai.atomic_files import atomic_write
 
 __all__ = ["CACHE_FORMAT_VERSION", "hash_transforms", "AtomicPersistentDataset"]
 
-#: Bumped whenever the preprocessing code changes its output for unchanged parameters; it is
-#: part of the cache hash, so old cache files are then ignored.
+#: Part of the cache hash; bumped when the preprocessing code changes its output for unchanged parameters.
 CACHE_FORMAT_VERSION = 1
 
 
-#: Attributes that hold run-time state, not parameters: MONAI's image readers remember the
-#: files they read last in ``filenames``, and traceable transforms create a thread-local
-#: ``_tracing`` flag on first use; either would change the hash after the first volume.
+#: Run-time state, not parameters (the image readers' last ``filenames``, the traceable transforms'
+#: thread-local ``_tracing``): left out of the hash, which would otherwise change after the first volume.
 _VOLATILE_ATTRIBUTES = frozenset({"filenames", "_tracing"})
 
 
@@ -87,30 +69,20 @@ def _describe(obj: Any, _seen: frozenset = frozenset()) -> Any:
 def hash_transforms(transforms: Sequence[Transform]) -> bytes:
     """Hash the parameters of the cached transforms (``PersistentDataset``'s ``hash_transform``).
 
-    MONAI's suggested ``pickle_hashing`` of the transform objects is not stable: once a
-    transform list has run, its image readers hold the last file names read (the hash changes,
-    the cache misses) and its traceable transforms hold a thread-local (pickling fails). This
-    hashes a description of every attribute (class names, numbers, strings, nested objects)
-    except such run-time state, plus the cache format version. Spacing, N4 on/off, crop size
-    and label values all change the hash.
+    Unlike ``pickle_hashing`` of the transform objects, this hashes a description of every attribute except
+    run-time state, plus :data:`CACHE_FORMAT_VERSION`, so a transform list keeps its hash after it has run.
 
     Args:
         transforms: the deterministic prefix MONAI passes in.
 
     Returns:
-        a hex digest as bytes.
+        A hex digest as bytes.
     """
     return pickle_hashing({"version": CACHE_FORMAT_VERSION, "transforms": _describe(list(transforms))})
 
 
 def _cache_safe_globals() -> list:
-    """Classes a cached MetaTensor needs under ``torch.load(weights_only=True)``.
-
-    The NIfTI header in the meta dictionary holds numpy arrays and dtypes, and the applied
-    operations hold MONAI enums. Without this list MONAI 1.6.1's ``PersistentDataset`` with
-    ``track_meta=True`` fails to load every file, treats it as corrupt and silently recomputes
-    it on every run.
-    """
+    """Classes a cached MetaTensor needs under ``torch.load(weights_only=True)``: numpy types, MONAI enums."""
     import monai.utils.enums as monai_enums
 
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
@@ -123,12 +95,9 @@ def _cache_safe_globals() -> list:
 class AtomicPersistentDataset(PersistentDataset):
     """``PersistentDataset`` whose cache files appear atomically and load with their metadata.
 
-    MONAI 1.6.1 writes each cache file into a fresh system temporary directory and then
-    ``shutil.move``-s it into ``cache_dir``. When ``/tmp`` is another file system that move is a
-    copy, so a killed process can leave a truncated file under the final name. Here the file is
-    written to a temporary name inside ``cache_dir`` and renamed with ``os.replace``.
-    Files are read with ``weights_only=True`` and an explicit allowlist
-    (:func:`_cache_safe_globals`); unreadable files are deleted and recomputed with a warning.
+    Files are written to a temporary name inside ``cache_dir`` and renamed with ``os.replace`` (MONAI 1.6.1's
+    ``shutil.move`` from ``/tmp`` can leave a truncated file), and read with ``weights_only=True`` and the
+    allowlist of :func:`_cache_safe_globals`; unreadable files are deleted and recomputed with a warning.
     """
 
     def _cachecheck(self, item_transformed: Any) -> Any:

@@ -1,30 +1,19 @@
 """Readers for the official download layouts of ACDC, MSD Task05 Prostate and MM-WHS MRI.
 
-Every reader turns a dataset folder into a MONAI datalist: a list of dicts, sorted by ``id``, with
-absolute ``image`` and ``label`` paths plus metadata (``dataset`` and per-dataset fields such as
-ACDC's ``phase`` or the prostate ``channel``). The list can be handed to ``monai.data.Dataset``
-with ``LoadImaged(keys=["image", "label"])``.
-
-Two kinds of checks run:
-
-* layout checks (always, they only list folders): the folder exists, holds the expected layout and
-  not another dataset's, every image has its label and every label its image;
-* volume checks (``validate=True``, the default; :func:`plc_monai.data.validation.validate_entry`, also
-  importable from here): each file reads (no truncated gzip), images are 3D (prostate: 4D with the
-  channel last), image and label agree in shape and affine, label values belong to the dataset, images
-  are finite and not constant.
-
-All problems of a folder are gathered and raised together in one :class:`DatasetLayoutError` (when
-any layout problem exists) or :class:`VolumeValidationError`, so one bad file does not hide others.
+Each reader turns a dataset folder into a MONAI datalist: dicts sorted by ``id`` with absolute ``image`` and
+``label`` paths plus metadata. Layout checks always run; volume checks (:func:`validate_entry`) run with
+``validate=True``. All problems of a folder are raised together in one :class:`DatasetLayoutError` (when any
+layout problem exists) or :class:`VolumeValidationError`; docs/data.md lists the checks.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -86,32 +75,18 @@ FOLDER_LAYOUT = (
 )
 
 MMWHS_LABEL_ALIASES: Mapping[int, int] = MappingProxyType({421: 420})
-"""Raw MM-WHS label values that are read as another raw value (``{421: 420}``).
+"""Raw MM-WHS values read as another raw value: one label holds a few 421 voxels, a slip for the left atrium's 420."""
 
-One MM-WHS MRI training label is reported to hold a few voxels with value 421, one off the left
-atrium's 420, read here as a labelling slip. The MM-WHS reader accepts it and records
-``raw_label_aliases = [[421, 420]]`` in each datalist entry so that preprocessing maps 421 to the left
-atrium class (see :func:`alias_classes`); pass ``extra_label_aliases={}`` to reject such files.
-"""
-
-_NIFTI_EXTS = (".nii.gz", ".nii")
+_NIFTI_EXT = re.compile(r"\.nii(\.gz)?$")
 _ACDC_PATIENT = re.compile(r"^patient(\d{3})$")
-_ACDC_FRAME = re.compile(r"^patient(\d{3})_frame(\d{2})(_gt)?\.nii\.gz$")
 _MSD_CASE = re.compile(r"^prostate_(\d+)\.nii\.gz$")
 _MMWHS_FILE = re.compile(r"^mr_train_(\d{4})_(image|label)\.nii\.gz$")
 
 
-# ------------------------------------------------------------------------------------------------
-# small helpers
-# ------------------------------------------------------------------------------------------------
-
-
 def _split_ext(name: str) -> tuple[str, str]:
     """``"a_b.nii.gz" -> ("a_b", ".nii.gz")``; ``("name", "")`` for other extensions."""
-    for ext in _NIFTI_EXTS:
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    return name, ""
+    m = _NIFTI_EXT.search(name)
+    return (name[: m.start()], m.group()) if m else (name, "")
 
 
 def _visible(path: Path) -> bool:
@@ -121,6 +96,11 @@ def _visible(path: Path) -> bool:
 
 def _abs(path: Path) -> str:
     return os.path.abspath(path)
+
+
+def _scan(folder: Path, pattern: re.Pattern[str], key: Callable[[re.Match[str]], Any]) -> dict[Any, Path]:
+    """``{key(match): path}`` of the visible files of ``folder`` whose names match ``pattern``."""
+    return {key(m): f for f in folder.iterdir() if (m := pattern.match(f.name)) and _visible(f)}
 
 
 def _detect_layout(folder: Path) -> str | None:
@@ -163,11 +143,41 @@ def _require_dir(path: str | os.PathLike, layout: str) -> Path:
     return root
 
 
-def _raise_problems(root: Path, layout_problems: list[str], volume_problems: list[str], layout: str) -> None:
-    """Raise one error listing every problem; layout problems decide the error class."""
-    if not layout_problems and not volume_problems:
-        return
-    problems = layout_problems + volume_problems
+def _unpaired(
+    images: Mapping[Any, Path], labels: Mapping[Any, Path], label_name: Callable, image_name: Callable
+) -> list[str]:
+    """One problem per image without label and label without image; ``*_name(key)`` names the missing file."""
+    problems = [
+        f"{_abs(images[k])}: image without label (expected {label_name(k)})"
+        for k in sorted(images.keys() - labels.keys())
+    ]
+    return problems + [
+        f"{_abs(labels[k])}: label without image (expected {image_name(k)})"
+        for k in sorted(labels.keys() - images.keys())
+    ]
+
+
+def _entries(images: dict[str, Path], labels: dict[str, Path], dataset: str, **extra: Any) -> list[dict[str, Any]]:
+    """One entry ``{"image", "label", "id", "dataset", **extra}`` per case with both files, sorted by id."""
+    return [
+        {"image": _abs(images[c]), "label": _abs(labels[c]), "id": c, "dataset": dataset, **copy.deepcopy(extra)}
+        for c in sorted(images.keys() & labels.keys())
+    ]
+
+
+def _finish(
+    root: Path,
+    entries: list[dict[str, Any]],
+    layout_problems: list[str],
+    layout: str,
+    validate: bool,
+    spec: DatasetSpec | None,
+    label_values: Iterable[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Validate ``entries`` if asked and return them, or raise one error (layout problems decide its class)."""
+    problems = layout_problems + (validate_datalist(entries, spec, label_values=label_values) if validate else [])
+    if not problems:
+        return entries
     body = "\n".join(f"  - {p}" for p in problems)
     if layout_problems:
         raise DatasetLayoutError(f"{len(problems)} problem(s) in dataset folder {_abs(root)} ({layout}):\n{body}")
@@ -175,15 +185,11 @@ def _raise_problems(root: Path, layout_problems: list[str], volume_problems: lis
 
 
 def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Mapping[int, int]) -> dict[int, int]:
-    """Turn raw-to-raw label aliases into ``{raw value: class index}``.
+    """``{raw value: class index}`` of raw-to-raw label aliases, e.g. ``{421: 2}`` for MM-WHS (420 is class 2).
 
     Args:
-        spec: the dataset's description (its ``label_map``).
+        spec: the dataset's description.
         label_aliases: ``{raw: target raw}`` or ``[[raw, target raw], ...]`` (the datalist form).
-
-    Returns:
-        e.g. ``{421: 2}`` for MM-WHS, where 420 (left atrium) is class 2; the form taken by
-        preprocessing's label mapping.
 
     Raises:
         ValueError: an alias target that is not one of the spec's raw values.
@@ -198,74 +204,57 @@ def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Ma
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# ACDC
-# ------------------------------------------------------------------------------------------------
-
 _ACDC_FRAMES = {"ed": ("ED",), "es": ("ES",), "ed+es": ("ED", "ES")}
 
 
-def _parse_info_cfg(path: Path) -> dict[str, str]:
-    """``Info.cfg`` lines ``Key: value`` as a dict."""
+def _read_info_cfg(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
+    """Phase -> frame number and the optional patient metadata of an ACDC ``Info.cfg`` (``Key: value`` lines)."""
+    where = _abs(path)
+    if not path.is_file():
+        raise ValueError(f"{where}: missing; it gives the ED and ES frame numbers")
     try:
-        text = path.read_text()
+        lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read ({err})") from err
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
-def _acdc_metadata(info: dict[str, str], path: str) -> tuple[dict[str, int], dict[str, Any]]:
-    """Phase -> frame number and the optional patient metadata from a parsed ``Info.cfg``."""
+        raise ValueError(f"{where}: cannot read ({err})") from err
+    info = {key.strip(): value.strip() for key, sep, value in (line.partition(":") for line in lines) if sep}
     phases = {}
     for phase in ("ED", "ES"):
+        if phase not in info:
+            raise ValueError(f"{where}: no '{phase}:' line; expected lines like 'ED: 1' and 'ES: 12'")
         try:
             phases[phase] = int(float(info[phase]))
-        except KeyError:
-            raise ValueError(f"{path}: no '{phase}:' line; expected lines like 'ED: 1' and 'ES: 12'") from None
         except ValueError:
-            raise ValueError(f"{path}: '{phase}: {info[phase]}' is not a frame number") from None
-    meta: dict[str, Any] = {}
-    if "Group" in info:
-        meta["group"] = info["Group"]
+            raise ValueError(f"{where}: '{phase}: {info[phase]}' is not a frame number") from None
+    meta: dict[str, Any] = {"group": info["Group"]} if "Group" in info else {}
     for key, name in (("Height", "height"), ("Weight", "weight"), ("NbFrame", "num_frames")):
         if key in info:
             try:
                 value = float(info[key])
             except ValueError:
-                raise ValueError(f"{path}: '{key}: {info[key]}' is not a number") from None
+                raise ValueError(f"{where}: '{key}: {info[key]}' is not a number") from None
             meta[name] = int(value) if name == "num_frames" else value
     return phases, meta
 
 
 def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool = True) -> list[dict[str, Any]]:
-    """Datalist of the ACDC training set in its download layout.
+    """Datalist of the ACDC training set in its download layout (:data:`ACDC_LAYOUT`).
 
-    ``dataset_dir`` is the ``training`` folder or its parent. Each ``patientNNN`` folder holds
-    ``patientNNN_frameMM.nii.gz``, ``patientNNN_frameMM_gt.nii.gz`` and ``Info.cfg`` (whose ``ED``
-    and ``ES`` lines give the frame numbers). The 4D cine file ``patientNNN_4d.nii.gz`` is ignored.
-    Labels: 0 background, 1 RV, 2 Myo, 3 LV.
+    Labels: 0 background, 1 RV, 2 Myo, 3 LV. The 4D cine files are ignored.
 
     Args:
         dataset_dir: the ACDC ``training`` folder or the folder that contains it.
-        frames: ``"ed"`` (default, as the paper: one end-diastolic volume per patient), ``"es"`` or
-            ``"ed+es"``.
+        frames: ``"ed"`` (default, as the paper), ``"es"`` or ``"ed+es"``; ``Info.cfg`` gives their frame numbers.
         validate: read every selected volume and check it (:func:`validate_entry`).
 
     Returns:
-        Entries ``{"image", "label", "id", "patient", "dataset", "frame", "phase"}`` plus ``group``,
-        ``height``, ``weight``, ``num_frames`` when ``Info.cfg`` has them, sorted by ``id``. The id is
-        the patient number (``"001"``); with ``"ed+es"`` it is ``"001_ED"``/``"001_ES"``.
+        Entries ``{"image", "label", "id", "patient", "dataset", "frame", "phase"}`` plus ``group``, ``height``,
+        ``weight``, ``num_frames`` when ``Info.cfg`` has them, sorted by ``id``: the patient number (``"001"``),
+        with ``"ed+es"`` ``"001_ED"``/``"001_ES"``.
 
     Raises:
         ValueError: unknown ``frames``.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no patient folder, another dataset's layout, missing ``Info.cfg`` or
-            frame, image without label or label without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), another layout, a missing
+            ``Info.cfg`` or frame, unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     key = frames.lower().replace(" ", "")
@@ -283,95 +272,56 @@ def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool
     entries: list[dict[str, Any]] = []
     for folder in patients:
         number = _ACDC_PATIENT.match(folder.name).group(1)
-        images, labels = set(), set()
-        for f in folder.iterdir():
-            m = _ACDC_FRAME.match(f.name)
-            if m and m.group(1) == number:
-                (labels if m.group(3) else images).add(int(m.group(2)))
-        for frame in sorted(images - labels):
-            layout_problems.append(
-                f"{_abs(folder / f'{folder.name}_frame{frame:02d}.nii.gz')}: image without label "
-                f"(expected {folder.name}_frame{frame:02d}_gt.nii.gz)"
-            )
-        for frame in sorted(labels - images):
-            layout_problems.append(
-                f"{_abs(folder / f'{folder.name}_frame{frame:02d}_gt.nii.gz')}: label without image "
-                f"(expected {folder.name}_frame{frame:02d}.nii.gz)"
-            )
-        cfg = folder / "Info.cfg"
-        if not cfg.is_file():
-            layout_problems.append(f"{_abs(cfg)}: missing; it gives the ED and ES frame numbers")
-            continue
+        frame_re = re.compile(rf"^{folder.name}_frame(\d{{2}})(_gt)?\.nii\.gz$")
+        files = _scan(folder, frame_re, lambda m: (bool(m.group(2)), int(m.group(1))))
+        images, labels = ({k: f for (gt, k), f in files.items() if gt == is_gt} for is_gt in (False, True))
+        name = folder.name + "_frame{:02d}{}.nii.gz"
+        layout_problems += _unpaired(images, labels, lambda k: name.format(k, "_gt"), lambda k: name.format(k, ""))
         try:
-            phases, meta = _acdc_metadata(_parse_info_cfg(cfg), _abs(cfg))
+            phases, meta = _read_info_cfg(folder / "Info.cfg")
         except ValueError as err:
             layout_problems.append(str(err))
             continue
         for phase in phases_wanted:
             frame = phases[phase]
-            if frame not in images:
-                if frame not in labels:  # otherwise already reported as "label without image"
-                    layout_problems.append(
-                        f"{_abs(folder / f'{folder.name}_frame{frame:02d}.nii.gz')}: {phase} frame {frame} "
-                        f"(from Info.cfg) is missing"
-                    )
-                continue
-            if frame not in labels:
-                continue
-            entry = {
-                "image": _abs(folder / f"{folder.name}_frame{frame:02d}.nii.gz"),
-                "label": _abs(folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz"),
-                "id": number if len(phases_wanted) == 1 else f"{number}_{phase}",
-                "patient": number,
-                "dataset": ACDC.name,
-                "frame": frame,
-                "phase": phase,
-                **meta,
-            }
-            entries.append(entry)
+            if frame not in images and frame not in labels:  # otherwise reported as unpaired above
+                missing = _abs(folder / name.format(frame, ""))
+                layout_problems.append(f"{missing}: {phase} frame {frame} (from Info.cfg) is missing")
+            if frame in images and frame in labels:
+                entries.append(
+                    {
+                        "image": _abs(images[frame]),
+                        "label": _abs(labels[frame]),
+                        "id": number if len(phases_wanted) == 1 else f"{number}_{phase}",
+                        "patient": number,
+                        "dataset": ACDC.name,
+                        "frame": frame,
+                        "phase": phase,
+                        **meta,
+                    }
+                )
     entries.sort(key=lambda e: e["id"])
-    volume_problems = validate_datalist(entries, ACDC) if validate else []
-    _raise_problems(root, layout_problems, volume_problems, ACDC_LAYOUT)
-    return entries
-
-
-# ------------------------------------------------------------------------------------------------
-# MSD Task05 Prostate
-# ------------------------------------------------------------------------------------------------
-
-
-def _msd_cases(folder: Path) -> dict[str, Path]:
-    """``{3-digit id: path}`` of ``prostate_NN.nii.gz`` files, skipping ``._*`` resource forks."""
-    found = {}
-    for f in folder.iterdir():
-        m = _MSD_CASE.match(f.name)
-        if m and _visible(f):
-            found[f"{int(m.group(1)):03d}"] = f
-    return found
+    return _finish(root, entries, layout_problems, ACDC_LAYOUT, validate, ACDC)
 
 
 def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bool = True) -> list[dict[str, Any]]:
-    """Datalist of the MSD Task05 Prostate training set in its download layout.
+    """Datalist of the MSD Task05 Prostate training set in its download layout (:data:`PROSTATE_LAYOUT`).
 
-    ``dataset_dir`` is the ``Task05_Prostate`` folder (or its parent) holding ``imagesTr/`` (4D
-    ``[X, Y, Z, 2]`` volumes: channel 0 T2, channel 1 ADC), ``labelsTr/`` (0 background, 1 PZ,
-    2 TZ) and ``dataset.json``. macOS ``._*`` files are skipped; ``imagesTs/`` is not read.
+    Images are 4D ``[X, Y, Z, 2]``; labels 0 background, 1 PZ, 2 TZ. macOS ``._*`` files and ``imagesTs/`` are skipped.
 
     Args:
         dataset_dir: the ``Task05_Prostate`` folder or the folder that contains it.
-        channel: image channel to use, 0 (T2, default, as the paper) or 1 (ADC). It is recorded in
-            each entry for preprocessing to select.
+        channel: image channel, 0 (T2, default, as the paper) or 1 (ADC), recorded for preprocessing to select.
         validate: read every volume and check it (:func:`validate_entry`).
 
     Returns:
-        Entries ``{"image", "label", "id", "dataset", "channel", "channel_name"}`` sorted by ``id``;
-        the id is the 3-digit case number of the paper's split lists (``prostate_00`` -> ``"000"``).
+        Entries ``{"image", "label", "id", "dataset", "channel", "channel_name"}`` sorted by ``id``, the
+        3-digit case number of the paper's split lists (``prostate_00`` -> ``"000"``).
 
     Raises:
         ValueError: ``channel`` not 0 or 1.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no ``imagesTr``/``labelsTr``, another dataset's layout, unreadable
-            ``dataset.json``, image without label or label without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no ``imagesTr``/``labelsTr``, another
+            layout, an unreadable ``dataset.json``, unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     if isinstance(channel, bool) or channel not in (0, 1):
@@ -397,115 +347,58 @@ def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bo
             if isinstance(modality, Mapping) and str(channel) in modality:
                 channel_name = str(modality[str(channel)])
 
-    images, labels = _msd_cases(images_dir), _msd_cases(labels_dir)
+    images, labels = (_scan(d, _MSD_CASE, lambda m: f"{int(m.group(1)):03d}") for d in (images_dir, labels_dir))
     if not images and not labels:
         raise _layout_error("no prostate_NN.nii.gz file found in imagesTr", root, PROSTATE_LAYOUT)
-    for case in sorted(images.keys() - labels.keys()):
-        layout_problems.append(f"{_abs(images[case])}: image without label (expected labelsTr/{images[case].name})")
-    for case in sorted(labels.keys() - images.keys()):
-        layout_problems.append(f"{_abs(labels[case])}: label without image (expected imagesTr/{labels[case].name})")
-    entries = [
-        {
-            "image": _abs(images[case]),
-            "label": _abs(labels[case]),
-            "id": case,
-            "dataset": PROSTATE.name,
-            "channel": channel,
-            "channel_name": channel_name,
-        }
-        for case in sorted(images.keys() & labels.keys())
-    ]
-    volume_problems = validate_datalist(entries, PROSTATE) if validate else []
-    _raise_problems(root, layout_problems, volume_problems, PROSTATE_LAYOUT)
-    return entries
-
-
-# ------------------------------------------------------------------------------------------------
-# MM-WHS MRI
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_aliases(aliases: Mapping[int, int]) -> list[list[int]]:
-    """Validate ``{raw: target}`` aliases against MM-WHS raw values; return them as sorted pairs."""
-    pairs = []
-    known = list(MMWHS.raw_label_values)
-    for raw, target in sorted((int(r), int(t)) for r, t in aliases.items()):
-        if raw in known:
-            raise ValueError(f"extra_label_aliases: {raw} is already an MM-WHS label value {known}")
-        if target not in known:
-            raise ValueError(f"extra_label_aliases: target {target} of {raw} is not an MM-WHS label value {known}")
-        pairs.append([raw, target])
-    return pairs
+    layout_problems += _unpaired(
+        images, labels, lambda c: f"labelsTr/{images[c].name}", lambda c: f"imagesTr/{labels[c].name}"
+    )
+    entries = _entries(images, labels, PROSTATE.name, channel=channel, channel_name=channel_name)
+    return _finish(root, entries, layout_problems, PROSTATE_LAYOUT, validate, PROSTATE)
 
 
 def read_mmwhs(
-    dataset_dir: str | os.PathLike,
-    extra_label_aliases: Mapping[int, int] = MMWHS_LABEL_ALIASES,
-    validate: bool = True,
+    dataset_dir: str | os.PathLike, extra_label_aliases: Mapping[int, int] = MMWHS_LABEL_ALIASES, validate: bool = True
 ) -> list[dict[str, Any]]:
-    """Datalist of the MM-WHS MRI training set in its download layout.
-
-    Files ``mr_train_10NN_image.nii.gz`` and ``mr_train_10NN_label.nii.gz`` lie in
-    ``dataset_dir`` or in ``dataset_dir/mr_train``. Raw label values are
-    ``{0, 205, 420, 500, 550, 600, 820, 850}`` (``MMWHS.raw_label_values``); preprocessing maps
-    them to classes 0..7.
+    """Datalist of the MM-WHS MRI training set in its download layout (:data:`MMWHS_LAYOUT`).
 
     Args:
         dataset_dir: the folder holding the files or their ``mr_train`` folder.
-        extra_label_aliases: raw values accepted and read as another raw value. The default
-            ``{421: 420}`` accepts the few 421 voxels of one MM-WHS label (see
-            :data:`MMWHS_LABEL_ALIASES`); ``{}`` rejects them.
+        extra_label_aliases: raw values accepted and read as another raw value; the default
+            :data:`MMWHS_LABEL_ALIASES` accepts 421 as 420, ``{}`` rejects it.
         validate: read every volume and check it (:func:`validate_entry`).
 
     Returns:
         Entries ``{"image", "label", "id", "dataset", "raw_label_aliases"}`` sorted by ``id`` (``"1001"``);
         ``raw_label_aliases`` is ``[[raw, target], ...]`` for preprocessing to apply before mapping raw
-        values to classes.
+        values (``MMWHS.raw_label_values``) to classes.
 
     Raises:
         ValueError: an alias whose key is already a label value or whose target is not one.
-        DatasetNotFoundError: the folder does not exist.
-        DatasetLayoutError: no MM-WHS file, another dataset's layout, image without label or label
-            without image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no MM-WHS file, another layout,
+            unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
-    pairs = _check_aliases(extra_label_aliases)
+    known = list(MMWHS.raw_label_values)
+    pairs = sorted([int(r), int(t)] for r, t in extra_label_aliases.items())
+    for raw, target in pairs:
+        if raw in known:
+            raise ValueError(f"extra_label_aliases: {raw} is already an MM-WHS label value {known}")
+        if target not in known:
+            raise ValueError(f"extra_label_aliases: target {target} of {raw} is not an MM-WHS label value {known}")
     root = _require_dir(dataset_dir, MMWHS_LAYOUT)
     if not any(_MMWHS_FILE.match(p.name) for p in root.iterdir()) and (root / "mr_train").is_dir():
         root = root / "mr_train"
-    images, labels = {}, {}
-    for f in root.iterdir():
-        m = _MMWHS_FILE.match(f.name)
-        if m and _visible(f):
-            (images if m.group(2) == "image" else labels)[m.group(1)] = f
+    files = _scan(root, _MMWHS_FILE, lambda m: (m.group(2), m.group(1)))
+    images, labels = ({c: f for (kind, c), f in files.items() if kind == k} for k in ("image", "label"))
     if not images and not labels:
         raise _layout_error("no mr_train_10NN_image.nii.gz file found", root, MMWHS_LAYOUT)
-    layout_problems = [
-        f"{_abs(images[c])}: image without label (expected mr_train_{c}_label.nii.gz)"
-        for c in sorted(images.keys() - labels.keys())
-    ] + [
-        f"{_abs(labels[c])}: label without image (expected mr_train_{c}_image.nii.gz)"
-        for c in sorted(labels.keys() - images.keys())
-    ]
-    entries = [
-        {
-            "image": _abs(images[c]),
-            "label": _abs(labels[c]),
-            "id": c,
-            "dataset": MMWHS.name,
-            # not "label_..." : MONAI treats every "label_*" key as the label's meta dictionary
-            "raw_label_aliases": [list(p) for p in pairs],
-        }
-        for c in sorted(images.keys() & labels.keys())
-    ]
-    volume_problems = validate_datalist(entries, MMWHS) if validate else []
-    _raise_problems(root, layout_problems, volume_problems, MMWHS_LAYOUT)
-    return entries
-
-
-# ------------------------------------------------------------------------------------------------
-# generic folder
-# ------------------------------------------------------------------------------------------------
+    layout_problems = _unpaired(
+        images, labels, lambda c: f"mr_train_{c}_label.nii.gz", lambda c: f"mr_train_{c}_image.nii.gz"
+    )
+    # not "label_..." : MONAI treats every "label_*" key as the label's meta dictionary
+    entries = _entries(images, labels, MMWHS.name, raw_label_aliases=pairs)
+    return _finish(root, entries, layout_problems, MMWHS_LAYOUT, validate, MMWHS)
 
 
 def read_folder(
@@ -519,14 +412,13 @@ def read_folder(
 ) -> list[dict[str, Any]]:
     """Datalist of any folder of images with (optional) labels paired by file name.
 
-    The image ``<images_dir>/<stem>.nii.gz`` pairs with ``<labels_dir>/<stem><label_suffix>.nii.gz``
-    (``.nii`` works too), e.g. MS-CMRSeg's ``images/subject1_DE.nii.gz`` with
-    ``labels/subject1_DE_manual.nii.gz`` (``label_suffix="_manual"``). Labels may sit in the image
-    folder when ``label_suffix`` is not empty; such files are then not taken as images.
+    ``<images_dir>/<stem>.nii.gz`` (or ``.nii``) pairs with ``<labels_dir>/<stem><label_suffix>.nii.gz``, e.g.
+    MS-CMRSeg's ``subject1_DE.nii.gz`` with ``subject1_DE_manual.nii.gz``.
 
     Args:
         images_dir: folder of images.
-        labels_dir: folder of labels; ``None`` for images only (inference).
+        labels_dir: folder of labels (may be ``images_dir`` when ``label_suffix`` is not empty); ``None``
+            for images only (inference).
         image_glob: pattern selecting the image files in ``images_dir``.
         label_suffix: text between the image stem and the extension in label names.
         validate: read every volume and check it (:func:`validate_entry`).
@@ -538,9 +430,8 @@ def read_folder(
 
     Raises:
         ValueError: labels in the image folder with an empty ``label_suffix``.
-        DatasetNotFoundError: a folder does not exist.
-        DatasetLayoutError: no image matches ``image_glob``, image without label or label without
-            image (all listed together).
+        DatasetLayoutError: a missing folder (:class:`DatasetNotFoundError`), no image matching ``image_glob``,
+            unpaired images or labels (all listed together).
         VolumeValidationError: bad volumes (all listed together).
     """
     layout = f"{FOLDER_LAYOUT}, images matching {image_glob!r}, label_suffix={label_suffix!r}"
@@ -554,12 +445,11 @@ def read_folder(
         stem, ext = _split_ext(name)
         return bool(ext) and bool(label_suffix) and stem.endswith(label_suffix)
 
-    images = {}
-    for f in img_root.glob(image_glob):
-        if not (f.is_file() and _visible(f)) or (same_folder and is_label_name(f.name)):
-            continue
-        stem, _ = _split_ext(f.name)
-        images[stem] = f
+    images = {
+        _split_ext(f.name)[0]: f
+        for f in img_root.glob(image_glob)
+        if f.is_file() and _visible(f) and not (same_folder and is_label_name(f.name))
+    }
     if not images:
         raise _layout_error(f"no image matching {image_glob!r} found", img_root, layout)
 
@@ -568,39 +458,24 @@ def read_folder(
     if lab_root is not None:
         for f in lab_root.iterdir():
             stem, ext = _split_ext(f.name)
-            if not (ext and f.is_file() and _visible(f)):
-                continue
-            if same_folder and not is_label_name(f.name):
+            if not (ext and f.is_file() and _visible(f)) or (same_folder and not is_label_name(f.name)):
                 continue
             if label_suffix and not stem.endswith(label_suffix):
                 layout_problems.append(f"{_abs(f)}: label name does not end with {label_suffix!r}{ext}")
                 continue
             labels[stem[: len(stem) - len(label_suffix)]] = f
-        for stem in sorted(images.keys() - labels.keys()):
-            layout_problems.append(
-                f"{_abs(images[stem])}: image without label (expected {_abs(lab_root / (stem + label_suffix))}.nii.gz)"
-            )
-        for stem in sorted(labels.keys() - images.keys()):
-            layout_problems.append(
-                f"{_abs(labels[stem])}: label without image (expected {stem}.nii.gz in {_abs(img_root)})"
-            )
-    entries = []
-    for stem in sorted(images):
-        if lab_root is not None and stem not in labels:
-            continue
-        entry: dict[str, Any] = {"image": _abs(images[stem])}
-        if lab_root is not None:
-            entry["label"] = _abs(labels[stem])
-        entry.update(id=stem, dataset=dataset)
-        entries.append(entry)
-    volume_problems = validate_datalist(entries, None, label_values=label_values) if validate else []
-    _raise_problems(img_root, layout_problems, volume_problems, layout)
-    return entries
+        layout_problems += _unpaired(
+            images,
+            labels,
+            lambda stem: f"{_abs(lab_root / (stem + label_suffix))}.nii.gz",
+            lambda stem: f"{stem}.nii.gz in {_abs(img_root)}",
+        )
+    if lab_root is None:
+        entries = [{"image": _abs(images[stem]), "id": stem, "dataset": dataset} for stem in sorted(images)]
+    else:
+        entries = _entries(images, labels, dataset)
+    return _finish(img_root, entries, layout_problems, layout, validate, None, label_values)
 
-
-# ------------------------------------------------------------------------------------------------
-# dispatcher
-# ------------------------------------------------------------------------------------------------
 
 _READERS = {"acdc": read_acdc, "prostate": read_prostate, "mmwhs": read_mmwhs, "folder": read_folder}
 
@@ -632,11 +507,9 @@ def read_datalist(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"option(s) {unknown} not accepted by the {name} reader; accepted: {accepted}")
-    if name == "folder":
-        root = Path(dataset_dir).expanduser()
-        if (root / "images").is_dir():
-            if "labels_dir" not in options and (root / "labels").is_dir():
-                options["labels_dir"] = root / "labels"
-            root = root / "images"
-        return read_folder(root, validate=validate, **options)
+    root = Path(dataset_dir).expanduser()
+    if name == "folder" and (root / "images").is_dir():
+        if "labels_dir" not in options and (root / "labels").is_dir():
+            options["labels_dir"] = root / "labels"
+        dataset_dir = root / "images"
     return reader(dataset_dir, validate=validate, **options)

@@ -1,15 +1,12 @@
 """All 2D slices of a set of preprocessed volumes, stacked into device tensors for in-memory training.
 
-The preprocessed training data of the paper's datasets is small (ACDC: ~60 volumes of ~10 slices of
-192x192, well under 100 MB as float32), so the trainer keeps every slice on the training device and
-gathers batches by index instead of running a DataLoader with worker processes: the GPU is never
-starved by a CPU pipeline, and resuming is exact (the state is indices and RNG states).
+The trainer gathers batches from them by index instead of running a DataLoader (docs/architecture.md says why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,29 +42,11 @@ class SlicePool:
     def spatial_size(self) -> tuple[int, int]:
         return tuple(int(s) for s in self.images.shape[2:])  # type: ignore[return-value]
 
-    @property
-    def num_volumes(self) -> int:
-        return len(self.volume_ids)
-
     def to(self, device: torch.device | str) -> SlicePool:
         """A copy of the pool on ``device``."""
-        return SlicePool(
-            images=self.images.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-            volume_index=self.volume_index.to(device),
-            slice_index=self.slice_index.to(device),
-            volume_ids=list(self.volume_ids),
-            affines=list(self.affines),
-        )
-
-    def class_presence(self, num_classes: int) -> torch.Tensor:
-        """``[N, num_classes]`` bool: which classes each slice's label contains."""
-        if self.labels is None:
-            raise ValueError("class_presence needs a labeled pool.")
-        flat = self.labels.flatten(1).long()
-        counts = torch.zeros(flat.shape[0], num_classes, dtype=torch.long, device=flat.device)
-        counts.scatter_add_(1, flat, torch.ones_like(flat))
-        return counts > 0
+        labels = None if self.labels is None else self.labels.to(device)
+        tensors = {k: getattr(self, k).to(device) for k in ("images", "volume_index", "slice_index")}
+        return replace(self, **tensors, labels=labels, volume_ids=list(self.volume_ids), affines=list(self.affines))
 
 
 def _as_volume(value: Any, key: str, item_id: str) -> torch.Tensor:
@@ -81,7 +60,7 @@ def _as_volume(value: Any, key: str, item_id: str) -> torch.Tensor:
 
 
 def build_slice_pool(
-    dataset: Iterable[Mapping[str, Any]] | Sequence[Mapping[str, Any]],
+    dataset: Iterable[Mapping[str, Any]],
     device: torch.device | str = "cpu",
     image_key: str = "image",
     label_key: str | None = "label",
@@ -96,19 +75,19 @@ def build_slice_pool(
         label_key: key of the label; ``None`` for unlabeled volumes (labels in the items are ignored).
 
     Returns:
-        The pool. An empty dataset gives an empty pool (``len == 0``) with ``labels`` of shape ``[0, 0, 0]``.
+        The pool (empty, with ``labels`` ``[0, 0, 0]``, for an empty dataset).
 
     Raises:
-        ValueError: when volumes differ in channel count or in-plane size, or a label is missing.
+        ValueError: volumes that differ in channel count or in-plane size, or a missing label.
     """
     images, labels, vol_idx, sl_idx, ids, affines = [], [], [], [], [], []
     for v, item in enumerate(dataset):
         item_id = str(item.get("id", v))
         image = _as_volume(item[image_key], image_key, item_id)
-        if images and (image.shape[0], *image.shape[1:3]) != (images[0].shape[1], *images[0].shape[2:]):
+        if images and image.shape[:3] != images[0].shape[1:]:
             raise ValueError(
                 f"volume {item_id!r} has channels/in-plane size {list(image.shape[:3])}, the first volume "
-                f"{ids[0]!r} has {[images[0].shape[1], *images[0].shape[2:]]}; preprocess all volumes to one crop size."
+                f"{ids[0]!r} has {list(images[0].shape[1:])}; preprocess all volumes to one crop size."
             )
         num_slices = image.shape[-1]
         images.append(image.permute(3, 0, 1, 2).float())  # [S, C, H, W]
@@ -117,19 +96,17 @@ def build_slice_pool(
                 raise ValueError(f"volume {item_id!r} has no {label_key!r}; a labeled pool needs labels.")
             label = _as_volume(item[label_key], label_key, item_id)
             if label.shape[1:] != image.shape[1:]:
-                raise ValueError(
-                    f"volume {item_id!r}: label shape {list(label.shape)} does not match image shape {list(image.shape)}."
-                )
+                shapes = f"label shape {list(label.shape)} does not match image shape {list(image.shape)}"
+                raise ValueError(f"volume {item_id!r}: {shapes}.")
             labels.append(label[0].permute(2, 0, 1).round().to(torch.uint8))  # [S, H, W]
         vol_idx.append(torch.full((num_slices,), v, dtype=torch.long))
         sl_idx.append(torch.arange(num_slices))
         ids.append(item_id)
         meta_affine = getattr(item[image_key], "affine", None)
         affines.append(np.asarray(meta_affine if meta_affine is not None else np.eye(4), dtype=np.float64))
-    if not images:
-        empty = torch.zeros(0, 1, 0, 0, device=device)
-        return SlicePool(empty, None if label_key is None else torch.zeros(0, 0, 0, dtype=torch.uint8, device=device),
-                         torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device))
+    if not images:  # an empty pool
+        images, labels = [torch.zeros(0, 1, 0, 0)], [torch.zeros(0, 0, 0, dtype=torch.uint8)]
+        vol_idx = sl_idx = [torch.zeros(0, dtype=torch.long)]
     return SlicePool(
         images=torch.cat(images).contiguous().to(device),
         labels=torch.cat(labels).to(device) if label_key is not None else None,

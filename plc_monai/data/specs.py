@@ -1,14 +1,12 @@
-"""What the paper's three datasets are: classes, raw label values, target spacing and crop size.
-
-One :class:`DatasetSpec` per dataset. Readers, the phantom generator and the bundle generator
-(:mod:`plc_monai.bundle_gen`) all read these, so a number such as ACDC's 1.367 mm lives in one place.
-One :class:`BundleSpec` per dataset adds what only its MONAI bundle needs: default folders and the
-metadata text.
+"""The paper's three datasets (:class:`DatasetSpec`: classes, raw label values, spacing, crop size) and what
+their MONAI bundles add (:class:`BundleSpec`: default folders, metadata text), read by the readers, the
+phantom generator and :mod:`plc_monai.bundle_gen`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,8 +16,7 @@ class DatasetSpec:
     Args:
         name: short id used on the command line and in configs (``acdc``, ``prostate``, ``mmwhs``).
         class_names: one name per output channel, background first.
-        raw_label_values: label value in the raw files for each class of ``class_names`` (same
-            order). Readers map ``raw_label_values[k] -> k``.
+        raw_label_values: the raw label file value of each class (same order); the k-th maps to class k.
         spacing_mm: in-plane target spacing ``r_f`` in millimetres (Section IV-B of the paper).
         crop_size: in-plane size ``d_f`` after centre crop or pad.
         modality: imaging modality written into bundle metadata.
@@ -33,7 +30,6 @@ class DatasetSpec:
     crop_size: tuple[int, int]
     modality: str = "MR"
     paper_spacing_note: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -76,24 +72,21 @@ MMWHS = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (ACDC, PROSTATE, MMWHS)}
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """Return the :class:`DatasetSpec` called ``name``.
-
-    Raises:
-        ValueError: when ``name`` is not one of ``acdc``, ``prostate``, ``mmwhs``.
-    """
+def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     try:
-        return DATASETS[name.lower()]
+        return table[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}") from None
+        raise ValueError(f"unknown {what} {name!r}; expected one of {sorted(table)}") from None
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` called ``name``; ``ValueError`` unless it is ``acdc``, ``prostate`` or ``mmwhs``."""
+    return _lookup(DATASETS, name, "dataset")
 
 
 @dataclass(frozen=True)
 class BundleSpec:
     """What a dataset's MONAI bundle says beyond :class:`DatasetSpec`: default folders and metadata text.
-
-    :mod:`plc_monai.bundle_gen` fills the bundle template with these values and the dataset's
-    :class:`DatasetSpec` (classes, raw label values, spacing, crop size) to write ``bundles/<name>/``.
 
     Args:
         dataset: the dataset the bundle trains on.
@@ -105,16 +98,14 @@ class BundleSpec:
         task: the metadata ``task``.
         summary: the dataset-specific first sentences of the metadata ``description``.
         data_source: the metadata ``data_source`` (challenge and URL).
-        image_description: what one input slice is, e.g. ``"single-channel short-axis cine MR slice"``;
-            the metadata ``image_classes`` adds the preprocessing.
-        class_descriptions: one description per class of ``dataset.class_names`` (background first),
-            for the metadata ``label_classes`` and ``pred_classes``.
-        channel_names: one name per class (background first) for the output ``channel_def``.
+        image_description: what one input slice is (the metadata ``image_classes`` adds the preprocessing).
+        class_descriptions: one description per class, for the metadata ``label_classes`` and ``pred_classes``.
+        channel_names: one name per class, for the output ``channel_def``.
         references: citations of the dataset, listed between the method's and N4's.
 
     Raises:
-        ValueError: when ``class_descriptions`` or ``channel_names`` do not have one entry per class,
-            or when the dataset's crop is not square (the bundles take one ``crop_size``).
+        ValueError: ``class_descriptions`` or ``channel_names`` without one entry per class, a non-square
+            crop (the bundles take one ``crop_size``), or no references.
     """
 
     dataset: DatasetSpec
@@ -132,20 +123,18 @@ class BundleSpec:
     references: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        classes = self.dataset.num_classes
+        data = self.dataset
         for name in ("class_descriptions", "channel_names"):
             values = getattr(self, name)
-            if len(values) != classes:
+            if len(values) != data.num_classes:
                 raise ValueError(
-                    f"{self.dataset.name}: {name} needs one entry per class of {list(self.dataset.class_names)}, "
+                    f"{data.name}: {name} needs one entry per class of {list(data.class_names)}, "
                     f"got {len(values)}: {list(values)}"
                 )
-        if self.dataset.crop_size[0] != self.dataset.crop_size[1]:
-            raise ValueError(
-                f"{self.dataset.name}: the bundles take one square crop_size, got {self.dataset.crop_size}"
-            )
+        if data.crop_size[0] != data.crop_size[1]:
+            raise ValueError(f"{data.name}: the bundles take one square crop_size, got {data.crop_size}")
         if not self.references:
-            raise ValueError(f"{self.dataset.name}: references must cite the dataset (got none)")
+            raise ValueError(f"{data.name}: references must cite the dataset (got none)")
 
     @property
     def name(self) -> str:
@@ -237,12 +226,5 @@ BUNDLES: dict[str, BundleSpec] = {spec.name: spec for spec in (ACDC_BUNDLE, PROS
 
 
 def get_bundle_spec(name: str) -> BundleSpec:
-    """Return the :class:`BundleSpec` of the bundle ``bundles/<name>``.
-
-    Raises:
-        ValueError: when ``name`` is not one of ``acdc``, ``prostate``, ``mmwhs``.
-    """
-    try:
-        return BUNDLES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown bundle {name!r}; expected one of {sorted(BUNDLES)}") from None
+    """The :class:`BundleSpec` of ``bundles/<name>``; ``ValueError`` unless it is acdc, prostate or mmwhs."""
+    return _lookup(BUNDLES, name, "bundle")

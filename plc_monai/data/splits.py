@@ -1,13 +1,8 @@
 """Which volumes are labeled, validation, unlabeled and test: the paper's fixed splits and seeded ones.
 
-The paper's splits are data files (``plc_monai/data/splits/{acdc,prostate,mmwhs}.json``) holding the
-ids of the authors' configuration: one test set and one unlabeled pool per dataset, and for each
-labeled-set size (``tr1``, ``tr2``, ``tr8``) several combinations (``c1``, ``c2``, ...) of labeled
-and validation ids. The authors' unlabeled pools include the labeled and validation volumes of
-most combinations; ``exclude_overlap=True`` removes them.
-
-A :class:`Split` holds id strings only. :func:`select` turns ids into datalist entries from
-:func:`plc_monai.data.readers.read_datalist`.
+The paper's splits are the authors' id lists, packaged as ``plc_monai/data/splits/{acdc,prostate,mmwhs}.json``
+(docs/data.md describes them and where they differ from the paper's text). A :class:`Split` holds id strings;
+:func:`select` turns ids into datalist entries.
 """
 
 from __future__ import annotations
@@ -17,12 +12,13 @@ import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from plc_monai.atomic_files import atomic_write_text
+
+from plc_monai.atomic_files import atomic_write_json
 
 __all__ = [
     "Split",
@@ -56,8 +52,7 @@ class Split:
     Args:
         labeled: ids of the labeled set ``X_L``.
         validation: ids used for model selection.
-        unlabeled: ids of the unlabeled pool ``X_U`` (may contain labeled/validation ids: the
-            authors' pools do).
+        unlabeled: ids of the unlabeled pool ``X_U`` (may contain labeled/validation ids, as the authors' pools).
         test: ids of the held-out test set; disjoint from the three other lists.
         seed: the seed of :func:`random_split`; ``None`` for the paper's fixed splits.
         source: where the split comes from, e.g. ``"paper:acdc/tr1/c1"``.
@@ -90,14 +85,7 @@ class Split:
 
     def to_dict(self) -> dict[str, Any]:
         """The split as a JSON-ready dict."""
-        return {
-            "labeled": list(self.labeled),
-            "validation": list(self.validation),
-            "unlabeled": list(self.unlabeled),
-            "test": list(self.test),
-            "seed": self.seed,
-            "source": self.source,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Split:
@@ -120,11 +108,6 @@ class Split:
         return cls(**{g: data[g] for g in _GROUPS}, seed=seed, source=str(data.get("source", "")))
 
 
-# ------------------------------------------------------------------------------------------------
-# the paper's splits
-# ------------------------------------------------------------------------------------------------
-
-
 @lru_cache(maxsize=None)
 def _paper_file(dataset: str) -> str:
     """Text of the packaged split file of ``dataset`` (cached; callers parse a fresh copy)."""
@@ -135,10 +118,7 @@ def _paper_file(dataset: str) -> str:
 
 
 def list_paper_settings(dataset: str) -> dict[str, list[str]]:
-    """Labeled-set settings of the paper and their combinations.
-
-    Args:
-        dataset: ``acdc``, ``prostate`` or ``mmwhs``.
+    """Labeled-set settings of the paper for ``dataset`` (``acdc``, ``prostate``, ``mmwhs``) and their combinations.
 
     Returns:
         ``{setting: [combo, ...]}``, e.g. ``{"tr1": ["c1", ..., "c5"], "tr2": [...], "tr8": [...]}``.
@@ -151,18 +131,12 @@ def list_paper_settings(dataset: str) -> dict[str, list[str]]:
 
 
 def load_paper_split(dataset: str, setting: str = "tr1", combo: str = "c1", exclude_overlap: bool = False) -> Split:
-    """One of the paper's fixed splits (the authors' id lists).
-
-    The test set and unlabeled pool are the same for every setting of a dataset. As in the
-    authors' code, the unlabeled pool contains most labeled and validation volumes (e.g. ACDC
-    ``tr1/c1`` labels patient 002, which is also in the pool ``tr52``); the prostate pool has 17
-    ids where the paper's text says 22.
+    """One of the paper's fixed splits: the authors' id lists, whose unlabeled pools overlap the labeled sets.
 
     Args:
         dataset: ``acdc``, ``prostate`` or ``mmwhs``.
         setting: labeled-set size, ``tr1``, ``tr2`` or ``tr8``.
-        combo: which combination of labeled/validation ids, ``c1``..``c5`` (see
-            :func:`list_paper_settings`).
+        combo: which combination of labeled/validation ids, ``c1``..``c5`` (:func:`list_paper_settings`).
         exclude_overlap: remove the labeled and validation ids from the unlabeled pool.
 
     Returns:
@@ -184,19 +158,8 @@ def load_paper_split(dataset: str, setting: str = "tr1", combo: str = "c1", excl
     if exclude_overlap:
         used = set(chosen["labeled"]) | set(chosen["validation"])
         unlabeled = [i for i in unlabeled if i not in used]
-    return Split(
-        labeled=list(chosen["labeled"]),
-        validation=list(chosen["validation"]),
-        unlabeled=unlabeled,
-        test=list(data["test"]),
-        seed=None,
-        source=f"paper:{data['dataset']}/{setting}/{combo}",
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# seeded splits
-# ------------------------------------------------------------------------------------------------
+    source = f"paper:{data['dataset']}/{setting}/{combo}"
+    return Split(chosen["labeled"], chosen["validation"], unlabeled, data["test"], seed=None, source=source)
 
 
 def _count(name: str, value: Any, minimum: int) -> int:
@@ -206,33 +169,25 @@ def _count(name: str, value: Any, minimum: int) -> int:
 
 
 def random_split(
-    ids: Sequence[str],
-    num_labeled: int,
-    num_validation: int = 2,
-    num_test: int | float | None = None,
-    seed: int = 0,
+    ids: Sequence[str], num_labeled: int, num_validation: int = 2, num_test: int | float | None = None, seed: int = 0
 ) -> Split:
     """A seeded random split of ``ids`` into test, validation, labeled and unlabeled sets.
 
-    The ids are sorted, shuffled with ``random.Random(seed)``, then cut in this order: test,
-    validation, labeled, and the rest is the unlabeled pool (disjoint from the other sets). The
-    result depends only on the set of ids and the seed, not on their input order; with one seed,
-    a larger ``num_labeled`` keeps the same test and validation sets and extends the labeled set.
+    The sorted ids are shuffled with ``random.Random(seed)`` and cut into test, validation, labeled and the
+    rest (the unlabeled pool), so a larger ``num_labeled`` keeps the test and validation sets of one seed.
 
     Args:
         ids: distinct volume ids (strings).
         num_labeled: size of the labeled set, at least 1.
         num_validation: size of the validation set (default 2, as the paper).
-        num_test: size of the test set: an integer, a fraction in ``(0, 1)`` of ``len(ids)``
-            (rounded), or ``None`` for no test set.
+        num_test: size of the test set: an integer, a fraction in ``(0, 1)`` of ``len(ids)``, or ``None``.
         seed: seed of the shuffle.
 
     Returns:
         The split, each list sorted, with ``seed`` and ``source="random_split(seed=...)"``.
 
     Raises:
-        ValueError: non-string or repeated ids, a count out of range, or more volumes asked for
-            than there are ids.
+        ValueError: non-string or repeated ids, a count out of range, or more volumes asked for than ids.
     """
     ids = list(ids)
     _check_ids(ids, "random_split")
@@ -266,24 +221,9 @@ def random_split(
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# files and selection
-# ------------------------------------------------------------------------------------------------
-
-
 def save_split(split: Split, path: str | os.PathLike) -> Path:
-    """Write ``split`` as JSON, atomically (temporary file in the same folder, then ``os.replace``).
-
-    Args:
-        split: the split to save.
-        path: target ``.json`` file; missing parent folders are created.
-
-    Returns:
-        The path written.
-    """
-    target = Path(path).expanduser()
-    atomic_write_text(target, json.dumps(split.to_dict(), indent=2) + "\n")
-    return target
+    """Write ``split`` as JSON to ``path`` atomically (missing parent folders are created); return the path."""
+    return atomic_write_json(Path(path).expanduser(), split.to_dict())
 
 
 def load_split(path: str | os.PathLike) -> Split:
@@ -297,8 +237,7 @@ def load_split(path: str | os.PathLike) -> Split:
     if not source.is_file():
         raise FileNotFoundError(f"split file {os.path.abspath(source)} does not exist")
     try:
-        data = json.loads(source.read_text())
-        return Split.from_dict(data)
+        return Split.from_dict(json.loads(source.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise ValueError(f"{os.path.abspath(source)}: not a valid split file ({err})") from err
 
@@ -306,7 +245,7 @@ def load_split(path: str | os.PathLike) -> Split:
 def select(
     datalist: Sequence[Mapping[str, Any]], ids: Sequence[str], dataset_dir: str | os.PathLike | None = None
 ) -> list[dict[str, Any]]:
-    """Entries of ``datalist`` whose ``id`` is in ``ids``, in the order of ``ids``.
+    """Shallow copies of the entries of ``datalist`` whose ``id`` is in ``ids``, in the order of ``ids``.
 
     Args:
         datalist: entries with an ``id`` key (as from :func:`plc_monai.data.readers.read_datalist`).
@@ -314,20 +253,11 @@ def select(
         dataset_dir: the folder the datalist was read from, for the error message; by default the
             folder common to the entries' images.
 
-    Returns:
-        Shallow copies of the selected entries.
-
     Raises:
-        ValueError: an id missing from the datalist (all missing ids and the dataset folder are
-            named), or an id present twice in the datalist.
+        ValueError: ids missing from the datalist (all named, with the dataset folder), or an id present
+            twice in the datalist.
     """
-    by_id: dict[str, Mapping[str, Any]] = {}
-    repeated = set()
-    for entry in datalist:
-        key = entry["id"]
-        if key in by_id:
-            repeated.add(key)
-        by_id[key] = entry
+    by_id = {entry["id"]: entry for entry in datalist}
     wanted = list(ids)
     missing = [i for i in wanted if i not in by_id]
     if missing:
@@ -341,7 +271,8 @@ def select(
             f"the datalist has {len(by_id)} id(s)"
             + (f" ({sorted(by_id)[:10]}{' ...' if len(by_id) > 10 else ''})" if by_id else "")
         )
-    clash = sorted(repeated & set(wanted))
+    counts = Counter(entry["id"] for entry in datalist)
+    clash = sorted(i for i in set(wanted) if counts[i] > 1)
     if clash:
         raise ValueError(f"id(s) {clash} appear more than once in the datalist; cannot select one")
     return [dict(by_id[i]) for i in wanted]

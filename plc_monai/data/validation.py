@@ -1,11 +1,6 @@
 """Volume checks of datalist entries: each file reads, and image and label agree with each other and the dataset.
 
-:func:`validate_entry` reads an entry's image and label once each (``.nii.gz`` decompressed in full, so a
-truncated or corrupted download is caught) and checks: images are 3D (4D with the channel last when the
-entry names a ``channel``), finite and not constant; labels are 3D with the image's shape and affine and
-hold only the dataset's raw values. Every problem of an entry is raised together in one
-:class:`VolumeValidationError`; :func:`validate_datalist` collects them over a whole datalist. The readers
-of :mod:`plc_monai.data.readers` run these checks with ``validate=True``.
+The readers of :mod:`plc_monai.data.readers` run them with ``validate=True``; docs/data.md lists the checks.
 """
 
 from __future__ import annotations
@@ -31,31 +26,19 @@ class VolumeValidationError(ValueError):
     """One or more volumes cannot be read or break the dataset's expectations."""
 
 
-_READ_ERRORS = (
-    ImageFileError,
-    HeaderDataError,
-    ImageDataError,
-    OSError,  # includes gzip.BadGzipFile
-    EOFError,  # truncated gzip stream
-    zlib.error,
-    ValueError,
-    MemoryError,  # a corrupted header announcing a huge array
-)
+# OSError includes gzip.BadGzipFile, EOFError is a truncated gzip stream, MemoryError a corrupted header
+_READ_ERRORS = (ImageFileError, HeaderDataError, ImageDataError, OSError, EOFError, zlib.error, ValueError, MemoryError)
 _AFFINE_ATOL = 1e-3
 
 
 def allowed_label_values(
     spec: DatasetSpec | None, label_aliases: Iterable[Sequence[int]] | Mapping[int, int] | None = None
 ) -> tuple[int, ...] | None:
-    """Raw label values a dataset's label files may hold.
+    """Sorted raw label values a dataset's label files may hold; ``None`` (any value) when ``spec`` is ``None``.
 
     Args:
-        spec: the dataset's description; ``None`` means "any value".
-        label_aliases: extra raw values read as another raw value, as ``{raw: target}`` or
-            ``[[raw, target], ...]`` (the form stored in datalist entries).
-
-    Returns:
-        The sorted allowed values, or ``None`` when ``spec`` is ``None``.
+        spec: the dataset's description.
+        label_aliases: extra raw values read as another raw value, ``{raw: target}`` or ``[[raw, target], ...]``.
     """
     if spec is None:
         return None
@@ -77,8 +60,7 @@ def _nifti_from_gzip(path: str) -> Any:
 def load_volume(path: str) -> tuple[Any, np.ndarray]:
     """Read header and voxels of one file; ``ValueError`` naming the file when it cannot be read.
 
-    ``.nii.gz`` files are decompressed in full, which verifies the gzip checksum: a corrupted
-    download is caught even when the damaged bytes still decompress.
+    ``.nii.gz`` files are decompressed in full, so the gzip checksum catches a corrupted download.
     """
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file does not exist")
@@ -93,14 +75,9 @@ def load_volume(path: str) -> tuple[Any, np.ndarray]:
 
 
 def _present_values(data: np.ndarray) -> np.ndarray:
-    """Distinct values of a label array (bincount for small non-negative integers, else ``np.unique``)."""
-    if data.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2:
-        flat = data.ravel()
-        lo = int(flat.min())
-        if lo >= 0:
-            return np.flatnonzero(np.bincount(flat.astype(np.intp, copy=False)))
+    """Distinct values of a non-empty label array (bincount for small non-negative integers, else ``np.unique``)."""
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2 and data.min() >= 0:
+        return np.flatnonzero(np.bincount(data.ravel().astype(np.intp, copy=False)))
     return np.unique(data)
 
 
@@ -129,21 +106,19 @@ def _image_problems(path: str, data: np.ndarray, channel: int | None) -> list[st
 
 
 def _label_problems(
-    path: str,
-    lab: Any,
-    data: np.ndarray,
-    image_path: str,
-    image: Any | None,
-    spatial_shape: tuple[int, ...] | None,
-    allowed: tuple[int, ...] | None,
+    path: str, image_path: str, image: Any | None, shape: tuple[int, ...] | None, allowed: tuple[int, ...] | None
 ) -> list[str]:
-    """Dimension, shape, affine and value problems of one label array against its image."""
+    """Read problems, or dimension, shape, affine and value problems of one label file against its image."""
+    try:
+        lab, data = load_volume(path)
+    except ValueError as err:
+        return [str(err)]
     problems = []
     if data.ndim != 3:
         problems.append(f"{path}: expected a 3D label volume, got shape {tuple(data.shape)}")
-    elif spatial_shape is not None and tuple(data.shape) != spatial_shape:
+    elif shape is not None and tuple(data.shape) != shape:
         problems.append(
-            f"{path}: label shape {tuple(data.shape)} differs from image shape {spatial_shape} of {image_path}"
+            f"{path}: label shape {tuple(data.shape)} differs from image shape {shape} of {image_path}"
         )
     if image is not None and not np.allclose(lab.affine, image.affine, atol=_AFFINE_ATOL):
         diff = float(np.abs(lab.affine - image.affine).max())
@@ -161,24 +136,19 @@ def _label_problems(
 
 
 def validate_entry(
-    entry: Mapping[str, Any],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
+    entry: Mapping[str, Any], spec: DatasetSpec | None = None, *, label_values: Iterable[int] | None = None
 ) -> None:
-    """Check one datalist entry's image (and label) files.
+    """Check one datalist entry's image (and label) files, reading each once.
 
-    Each file is read once. The image must be 3D, or 4D ``[X, Y, Z, C]`` when the entry has a
-    ``channel`` key (MSD prostate), with ``0 <= channel < C``; the used image channel must be finite
-    and not constant. The label must be 3D with the image's spatial shape, an affine equal to the
-    image's within 1e-3, and only values from ``label_values`` (default: the spec's raw values plus
-    the entry's ``raw_label_aliases``).
+    The image must be 3D, or 4D ``[X, Y, Z, C]`` with ``0 <= channel < C`` when the entry has a ``channel``,
+    and its used channel finite and not constant. The label must be 3D with the image's spatial shape and
+    affine (within 1e-3) and hold only allowed values.
 
     Args:
         entry: a dict with ``image`` and optionally ``label`` paths, ``id``, ``channel``,
             ``raw_label_aliases`` (``[[raw, target], ...]``).
-        spec: the dataset's description, for the allowed label values; ``None`` skips the value
-            check unless ``label_values`` is given.
+        spec: the dataset's description, for the allowed label values (its raw values plus the entry's
+            aliases); ``None`` skips the value check unless ``label_values`` is given.
         label_values: explicit allowed label values; overrides ``spec``.
 
     Raises:
@@ -197,33 +167,19 @@ def validate_entry(
         if data.ndim == (3 if channel is None else 4):
             spatial_shape = tuple(data.shape[:3])
     if entry.get("label") is not None:
-        label_path = str(entry["label"])
         if label_values is not None:
             allowed = tuple(sorted({int(v) for v in label_values}))
         else:
             allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
-        try:
-            lab, lab_data = load_volume(label_path)
-        except ValueError as err:
-            problems.append(str(err))
-        else:
-            problems += _label_problems(label_path, lab, lab_data, image_path, image, spatial_shape, allowed)
+        problems += _label_problems(str(entry["label"]), image_path, image, spatial_shape, allowed)
     if problems:
         raise VolumeValidationError(f"case {entry.get('id', image_path)}: " + "; ".join(problems))
 
 
 def validate_datalist(
-    datalist: Sequence[Mapping[str, Any]],
-    spec: DatasetSpec | None = None,
-    *,
-    label_values: Iterable[int] | None = None,
+    datalist: Sequence[Mapping[str, Any]], spec: DatasetSpec | None = None, *, label_values: Iterable[int] | None = None
 ) -> list[str]:
-    """Run :func:`validate_entry` on every entry and collect the messages.
-
-    Args:
-        datalist: entries as produced by the readers.
-        spec: the dataset's description (allowed label values); ``None`` skips the value check.
-        label_values: explicit allowed label values; overrides ``spec``.
+    """Run :func:`validate_entry` (same ``spec`` and ``label_values``) on every entry of ``datalist``.
 
     Returns:
         One message per bad entry (empty when all are valid).
