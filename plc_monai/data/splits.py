@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from plc_monai.atomic_files import atomic_write_json
+from plc_monai.reports import write_json
 
 __all__ = [
     "Split",
@@ -223,7 +223,7 @@ def random_split(
 
 def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write ``split`` as JSON to ``path`` atomically (missing parent folders are created); return the path."""
-    return atomic_write_json(Path(path).expanduser(), split.to_dict())
+    return write_json(Path(path).expanduser(), split.to_dict())
 
 
 def load_split(path: str | os.PathLike) -> Split:
