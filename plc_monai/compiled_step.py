@@ -137,7 +137,7 @@ class CompiledOptimizerStep:
     def __call__(self) -> None:
         self._compiled()
 
-    def _state_tensors(self) -> list[dict[str, Any]]:
+    def _param_states(self) -> list[dict[str, Any]]:
         """The per-parameter state dicts in ``state_dict()`` order (``{}`` where a parameter has none)."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return [self.optimizer.state.get(p, {}) for p in params]
@@ -147,7 +147,7 @@ class CompiledOptimizerStep:
         if not isinstance(self.optimizer, self.ZERO_INIT_STATE):
             self.optimizer.state.clear()  # another optimizer's fresh state is not all zeros: recompiles once
             return
-        for state in self._state_tensors():
+        for state in self._param_states():
             for value in state.values():
                 if isinstance(value, torch.Tensor):
                     value.zero_()
@@ -158,7 +158,7 @@ class CompiledOptimizerStep:
         Args:
             state_dict: a state dict of this optimizer (e.g. a deep copy kept at the round's best model).
         """
-        current, saved = self._state_tensors(), state_dict["state"]
+        current, saved = self._param_states(), state_dict["state"]
 
         def same_layout(state: dict[str, Any], old: dict[str, Any]) -> bool:
             return set(state) == set(old) and all(

@@ -280,10 +280,11 @@ class SemiSupervisedTrainer(Trainer):
         if self.best_warmup_state is not None:
             unwrap(self.network).load_state_dict(self.best_warmup_state)
             self.logger.info("joint phase: starting from the best warm-up weights")
-        if self.reset_optimizer_at_joint and self.compiled_optimizer_step is not None:
-            self.compiled_optimizer_step.reset_state()  # in place: new state tensors would recompile the update
-        elif self.reset_optimizer_at_joint:
-            self.optimizer.state.clear()
+        if self.reset_optimizer_at_joint:
+            if self.compiled_optimizer_step is not None:
+                self.compiled_optimizer_step.reset_state()  # in place: new state tensors would recompile the update
+            else:
+                self.optimizer.state.clear()
         self.joint_started = True
 
     # --- batches ---------------------------------------------------------------------------------

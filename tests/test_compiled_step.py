@@ -188,7 +188,7 @@ def test_compiled_optimizer_step_equals_eager_and_resets_and_restores_without_re
 
     step(0)
     saved = [copy.deepcopy(o.state_dict()) for o in (eager_opt, opt)]
-    before = [t for state in compiled._state_tensors() for t in state.values() if isinstance(t, torch.Tensor)]
+    before = [t for state in compiled._param_states() for t in state.values() if isinstance(t, torch.Tensor)]
     zero_init = optimizer_class is not torch.optim.SGD
     with torch._dynamo.config.patch(error_on_recompile=zero_init):
         step(1)
@@ -199,7 +199,7 @@ def test_compiled_optimizer_step_equals_eager_and_resets_and_restores_without_re
         compiled.load_state_dict(saved[1])
         step(3)
         step(4)
-    after = [t for state in compiled._state_tensors() for t in state.values() if isinstance(t, torch.Tensor)]
+    after = [t for state in compiled._param_states() for t in state.values() if isinstance(t, torch.Tensor)]
     assert all(a is b for a, b in zip(before, after)) == zero_init
     for a, b in zip(*(net.parameters() for net in nets)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
@@ -216,7 +216,7 @@ def test_compiled_trainer_resets_and_restores_adam_in_place() -> None:
     seen = {}
 
     def tensors(e) -> list[torch.Tensor]:
-        return [t for state in e.compiled_optimizer_step._state_tensors() for t in state.values()]
+        return [t for state in e.compiled_optimizer_step._param_states() for t in state.values()]
 
     def at_joint_start(e) -> None:
         seen["joint"] = tensors(e)

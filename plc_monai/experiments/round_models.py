@@ -8,7 +8,7 @@ import torch
 
 from plc_monai._ignite import Engine, Events
 from plc_monai.atomic_files import atomic_torch_save
-from plc_monai.runtime import is_main_process
+from plc_monai.runtime import is_main_process, unwrap
 
 __all__ = ["RoundModelSaver", "round_model_path"]
 
@@ -74,8 +74,7 @@ class RoundModelSaver:
             return
         weights = getattr(engine, "best_warmup_state", None) if round_index == 0 else None
         if weights is None:
-            module = getattr(self.network, "module", self.network)
-            weights = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            weights = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
         path = round_model_path(self.save_dir, round_index)
         atomic_torch_save(weights, path)
         engine.logger.info(f"round model {round_index} (iteration {engine.state.iteration}) saved to {path}")
