@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
-from plc_monai.bundle_gen import DEFAULT_BUNDLES_DIR
 from plc_monai.reports import format_mean_std, markdown_table
 
 __all__ = ["phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_config", "format_comparison",
@@ -20,6 +19,8 @@ __all__ = ["phantom", "check_data", "prepare", "demo", "bundle_dir", "demo_confi
 DEMO_MALLOC_TUNABLES = (
     "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647:glibc.malloc.top_pad=536870912"
 )
+#: the bundles of a source checkout (``pip install -e .``)
+SOURCE_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def bundle_dir(bundle: str | os.PathLike) -> Path:
@@ -31,7 +32,7 @@ def bundle_dir(bundle: str | os.PathLike) -> Path:
     """
     looked = [Path(bundle).expanduser().resolve()]
     if len(Path(bundle).parts) == 1:  # a dataset name
-        looked = list(dict.fromkeys([*looked, DEFAULT_BUNDLES_DIR / str(bundle), Path.cwd() / "bundles" / str(bundle)]))
+        looked = list(dict.fromkeys([*looked, SOURCE_BUNDLES_DIR / str(bundle), Path.cwd() / "bundles" / str(bundle)]))
     for path in looked:
         if (path / "configs" / "train.json").is_file():
             return path
@@ -48,7 +49,7 @@ def demo_config() -> Path:
     """
     path = bundle_dir("acdc") / "configs" / "demo.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; regenerate the bundles with `python -m plc_monai.bundle_gen`.")
+        raise FileNotFoundError(f"{path} does not exist; regenerate the bundles with `python bundles/generate.py`.")
     return path
 
 

@@ -1,8 +1,9 @@
-"""The bundles are generated from one template (``plc_monai.bundle_gen``): the committed files are the
+"""The bundles are generated from one template (``bundles/generate.py``): the committed files are the
 generated ones, and the generator's placeholders, checks and writes behave as documented."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -12,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from plc_monai.bundle_gen import (
-    DEFAULT_BUNDLES_DIR,
-    TEMPLATE_DIR,
-    compare_bundle,
-    render,
-    render_bundle,
-    template_values,
-    write_bundle,
-)
-from plc_monai.data.specs import BUNDLES, get_bundle_spec
-
 REPO = Path(__file__).resolve().parents[1]
+GENERATOR = REPO / "bundles" / "generate.py"
+_spec = importlib.util.spec_from_file_location("bundles_generate", GENERATOR)
+generate = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)  # dataclasses look the module up
+_spec.loader.exec_module(generate)
+DEFAULT_BUNDLES_DIR, TEMPLATE_DIR, BUNDLES = generate.DEFAULT_BUNDLES_DIR, generate.TEMPLATE_DIR, generate.BUNDLES
+compare_bundle, render, render_bundle, write_bundle = (generate.compare_bundle, generate.render, generate.render_bundle,
+                                                       generate.write_bundle)
+get_bundle_spec, template_values = generate.get_bundle_spec, generate.template_values
 NAMES = ("acdc", "prostate", "mmwhs")
 
 
@@ -36,13 +34,13 @@ def test_bundles_dir_is_this_checkout():
 def test_committed_bundle_is_the_generated_one(name):
     """Every generated file equals the committed one byte for byte, and configs/ holds nothing else.
 
-    On failure: run ``python -m plc_monai.bundle_gen`` and commit the result (or move a hand edit of
-    ``bundles/<name>/configs`` into ``plc_monai/bundle_template``).
+    On failure: run ``python bundles/generate.py`` and commit the result (or move a hand edit of
+    ``bundles/<name>/configs`` into ``bundles/_template``).
     """
     files = render_bundle(name)
     assert "configs/train.json" in files and "configs/metadata.json" in files and "LICENSE" in files
     differences = compare_bundle(name)
-    assert differences == [], "regenerate with `python -m plc_monai.bundle_gen`:\n" + "\n".join(map(str, differences))
+    assert differences == [], "regenerate with `python bundles/generate.py`:\n" + "\n".join(map(str, differences))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -138,7 +136,7 @@ def test_check_finds_edits_missing_and_stale_files_and_write_repairs(tmp_path):
 
 def test_command_line_check_and_write(tmp_path):
     bundles = _copy_bundles(tmp_path)
-    cmd = [sys.executable, "-m", "plc_monai.bundle_gen", "--bundles-dir", str(bundles)]
+    cmd = [sys.executable, str(GENERATOR), "--bundles-dir", str(bundles)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ok = subprocess.run([*cmd, "--check"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert ok.returncode == 0 and "up to date" in ok.stdout, ok.stdout + ok.stderr

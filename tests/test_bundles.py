@@ -112,7 +112,7 @@ def test_train_handlers_are_target_dicts(name):
 def test_no_config_addresses_a_handler_by_list_position():
     """Overrides name handlers by id (``train#pseudo_label_refresh#...``), never as ``train#handlers#<index>``."""
     position = re.compile(r"handlers#\d")
-    files = sorted(BUNDLES.glob("*/configs/**/*.json"))
+    files = sorted(path for name in NAMES for path in (BUNDLES / name / "configs").glob("**/*.json"))
     assert len(files) >= 3 * 12
     for path in files:
         assert not position.search(path.read_text(encoding="utf-8")), f"{path} addresses a handler by position"

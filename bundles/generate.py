@@ -1,7 +1,9 @@
-"""Write the MONAI bundles (``bundles/<name>/``) from ``plc_monai/bundle_template/`` and :mod:`plc_monai.data.specs`.
+"""Write the MONAI bundles (``bundles/<name>/``) from the template ``bundles/_template/``, the bundle specs below
+and the dataset specs of :mod:`plc_monai.data.specs`.
 
-``python -m plc_monai.bundle_gen [--check]``; the template layout and placeholder syntax are described in
-docs/training.md ("Changing the bundles").
+``python bundles/generate.py [--check]`` in a plc_monai checkout; the template layout and placeholder syntax are
+described in docs/training.md ("Changing the bundles"). This is a tool of the repository, not of the installed
+package: it writes the committed bundle files next to it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from plc_monai.atomic_files import atomic_write_text
-from plc_monai.data.specs import BUNDLES, BundleSpec, get_bundle_spec
+from plc_monai.data.specs import ACDC, MMWHS, PROSTATE, DatasetSpec
 
-__all__ = ["TEMPLATE_DIR", "DEFAULT_BUNDLES_DIR", "GENERATED_FOLDERS", "BundleDifference", "template_values", "render",
+__all__ = ["TEMPLATE_DIR", "DEFAULT_BUNDLES_DIR", "GENERATED_FOLDERS", "BundleDifference", "BundleSpec", "BUNDLES", "get_bundle_spec",
+           "template_values", "render",
            "render_bundle", "compare_bundle", "write_bundle", "main"]
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "bundle_template"
-DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = DEFAULT_BUNDLES_DIR / "_template"
 GENERATED_FOLDERS = ("configs",)
 """Folders of a bundle that hold generated files only: any other file there is reported as stale."""
 
@@ -37,6 +40,155 @@ _SPEC_FIELDS = (
     "data_source", "image_description", "references",
 )
 _DATASET_FIELDS = ("class_names", "num_classes", "spacing_mm", "modality")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What a dataset's MONAI bundle says beyond :class:`DatasetSpec`: default folders and metadata text.
+
+    Args:
+        dataset: the dataset the bundle trains on.
+        dataset_dir: default ``dataset_dir`` of ``train.json`` (the unpacked training download).
+        inference_dir: default ``dataset_dir`` of ``inference.json`` (a folder of images to segment).
+        inference_exclude: file name patterns ``inference.json`` skips in that folder (labels, 4D files).
+        inference_channels: channels an input volume must have (``input_channels``); ``None``: any.
+        title: the metadata ``name``.
+        task: the metadata ``task``.
+        summary: the dataset-specific first sentences of the metadata ``description``.
+        data_source: the metadata ``data_source`` (challenge and URL).
+        image_description: what one input slice is (the metadata ``image_classes`` adds the preprocessing).
+        class_descriptions: one description per class, for the metadata ``label_classes`` and ``pred_classes``.
+        channel_names: one name per class, for the output ``channel_def``.
+        references: citations of the dataset, listed between the method's and N4's.
+
+    Raises:
+        ValueError: ``class_descriptions`` or ``channel_names`` without one entry per class, a non-square
+            crop (the bundles take one ``crop_size``), or no references.
+    """
+
+    dataset: DatasetSpec
+    dataset_dir: str
+    inference_dir: str
+    inference_exclude: tuple[str, ...]
+    inference_channels: int | None
+    title: str
+    task: str
+    summary: str
+    data_source: str
+    image_description: str
+    class_descriptions: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    references: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        data = self.dataset
+        for name in ("class_descriptions", "channel_names"):
+            values = getattr(self, name)
+            if len(values) != data.num_classes:
+                raise ValueError(
+                    f"{data.name}: {name} needs one entry per class of {list(data.class_names)}, "
+                    f"got {len(values)}: {list(values)}"
+                )
+        if data.crop_size[0] != data.crop_size[1]:
+            raise ValueError(f"{data.name}: the bundles take one square crop_size, got {data.crop_size}")
+        if not self.references:
+            raise ValueError(f"{data.name}: references must cite the dataset (got none)")
+
+    @property
+    def name(self) -> str:
+        """The bundle's folder name, ``bundles/<name>`` (the dataset's name)."""
+        return self.dataset.name
+
+
+ACDC_BUNDLE = BundleSpec(
+    dataset=ACDC,
+    dataset_dir="/workspace/data/ACDC/training",
+    inference_dir="/workspace/data/ACDC/testing",
+    inference_exclude=("*_gt.nii.gz", "*_4d.nii.gz"),
+    inference_channels=None,
+    title="ACDC cardiac cine MRI segmentation (local contrastive loss, semi-supervised)",
+    task="Semi-supervised segmentation of the right ventricle, myocardium and left ventricle in short-axis cardiac cine MRI",
+    summary=(
+        "Segments the right ventricle (RV), left-ventricular myocardium and left ventricle (LV) cavity in short-axis "
+        "cine MR images of the ACDC dataset (trained on the end-diastolic frame of each patient, as the paper; any "
+        "cine frame can be segmented)."
+    ),
+    data_source="Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017: https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+    image_description="single-channel short-axis cine MR slice",
+    class_descriptions=("background", "right ventricle cavity", "left-ventricular myocardium", "left ventricle cavity"),
+    channel_names=("background", "RV", "myocardium", "LV"),
+    references=(
+        "O. Bernard et al., 'Deep learning techniques for automatic MRI cardiac multi-structures segmentation and "
+        "diagnosis: is the problem solved?', IEEE Transactions on Medical Imaging, vol. 37, no. 11, pp. 2514-2525, 2018",
+    ),
+)
+
+PROSTATE_BUNDLE = BundleSpec(
+    dataset=PROSTATE,
+    dataset_dir="/workspace/data/Task05_Prostate",
+    inference_dir="/workspace/data/Task05_Prostate/imagesTs",
+    inference_exclude=(),
+    inference_channels=2,
+    title="Prostate T2 MRI zonal segmentation (local contrastive loss, semi-supervised)",
+    task="Semi-supervised segmentation of the peripheral and transition zones of the prostate in T2-weighted MRI",
+    summary=(
+        "Segments the peripheral zone and the transition zone (central gland) of the prostate in T2-weighted MR "
+        "images of the Medical Segmentation Decathlon prostate task (Task05); only the T2-weighted channel is used."
+    ),
+    data_source="Medical Segmentation Decathlon, Task05_Prostate: http://medicaldecathlon.com/",
+    image_description="single-channel T2-weighted prostate MR slice (the T2 channel of the MSD Task05 volumes)",
+    class_descriptions=("background", "peripheral zone", "transition zone"),
+    channel_names=("background", "peripheral zone", "transition zone"),
+    references=(
+        "M. Antonelli et al., 'The Medical Segmentation Decathlon', Nature Communications, vol. 13, 4128, 2022",
+        "A. L. Simpson et al., 'A large annotated medical image dataset for the development and evaluation of "
+        "segmentation algorithms', arXiv:1902.09063, 2019",
+    ),
+)
+
+MMWHS_BUNDLE = BundleSpec(
+    dataset=MMWHS,
+    dataset_dir="/workspace/data/MMWHS/mr_train",
+    inference_dir="/workspace/data/MMWHS/mr_test",
+    inference_exclude=("*_label.nii.gz",),
+    inference_channels=None,
+    title="MM-WHS cardiac MRI whole-heart segmentation (local contrastive loss, semi-supervised)",
+    task="Semi-supervised segmentation of seven whole-heart substructures in cardiac MRI",
+    summary=(
+        "Segments seven cardiac substructures (myocardium, left atrium, left ventricle, right atrium, right "
+        "ventricle, ascending aorta, pulmonary artery) in the MR volumes of the Multi-Modality Whole Heart "
+        "Segmentation (MM-WHS) challenge."
+    ),
+    data_source=(
+        "Multi-Modality Whole Heart Segmentation challenge (MM-WHS), STACOM/MICCAI 2017: "
+        "https://zmiclab.github.io/zxh/0/mmwhs/"
+    ),
+    image_description="single-channel cardiac MR slice",
+    class_descriptions=(
+        "background", "left-ventricular myocardium", "left atrium", "left ventricle", "right atrium",
+        "right ventricle", "ascending aorta", "pulmonary artery",
+    ),
+    channel_names=(
+        "background", "myocardium", "left atrium", "left ventricle", "right atrium", "right ventricle",
+        "ascending aorta", "pulmonary artery",
+    ),
+    references=(
+        "X. Zhuang and J. Shen, 'Multi-scale patch and multi-modality atlases for whole heart segmentation of MRI', "
+        "Medical Image Analysis, vol. 31, pp. 77-87, 2016",
+        "X. Zhuang et al., 'Evaluation of algorithms for multi-modality whole heart segmentation: an open-access "
+        "grand challenge', Medical Image Analysis, vol. 58, 101537, 2019",
+    ),
+)
+
+BUNDLES: dict[str, BundleSpec] = {spec.name: spec for spec in (ACDC_BUNDLE, PROSTATE_BUNDLE, MMWHS_BUNDLE)}
+
+
+def get_bundle_spec(name: str) -> BundleSpec:
+    """The :class:`BundleSpec` of ``bundles/<name>``; ``ValueError`` unless it is acdc, prostate or mmwhs."""
+    try:
+        return BUNDLES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown bundle {name!r}; expected one of {sorted(BUNDLES)}") from None
 
 
 def template_values(spec: BundleSpec) -> dict[str, Any]:
@@ -190,10 +342,10 @@ def write_bundle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plc_monai.bundle_gen [--check] [--bundles-dir DIR] [name ...]``; 1 if a file differs or is stale."""
+    """``python bundles/generate.py [--check] [--bundles-dir DIR] [name ...]``; 1 if a file differs or is stale."""
     parser = argparse.ArgumentParser(
-        prog="python -m plc_monai.bundle_gen",
-        description="Write bundles/<name>/ from plc_monai/bundle_template/ and plc_monai/data/specs.py.",
+        prog="python bundles/generate.py",
+        description="Write bundles/<name>/ from bundles/_template/, its bundle specs and plc_monai/data/specs.py.",
     )
     parser.add_argument("names", nargs="*", help=f"bundles to write (default: all of {sorted(BUNDLES)})")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
