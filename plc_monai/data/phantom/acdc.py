@@ -33,29 +33,16 @@ def acdc_subject(
 
     # heart (mm, relative to the image centre; x to the subject's right, y anterior)
     p = {
-        "r_endo": rng.uniform(23.0, 30.0),
-        "thick": rng.uniform(7.0, 10.0),
-        "ef": rng.uniform(0.55, 0.70),
-        "rv_thick": rng.uniform(15.0, 25.0),
-        "rv_ef": rng.uniform(0.45, 0.60),
-        "rv_half_width": np.deg2rad(rng.uniform(65.0, 95.0)),
-        "rv_angle": np.deg2rad(rng.uniform(10.0, 60.0)),
-        "rv_twist": np.deg2rad(rng.uniform(-20.0, 20.0)),
-        "rv_end": rng.uniform(0.6, 0.8),
-        "apex": rng.uniform(0.98, 1.08),
-        "ecc": rng.uniform(1.0, 1.25),
-        "ecc_angle": rng.uniform(0.0, np.pi),
-        "harm": rng.uniform(0.0, 0.05, size=2),
-        "harm_phase": rng.uniform(0.0, 2 * np.pi, size=2),
-        "centre": rng.uniform(-15.0, 15.0, size=2),
-        "drift": rng.uniform(-8.0, 8.0, size=2),
-        "infarct_angle": rng.uniform(0.0, 2 * np.pi),
-        "pap_offset": np.deg2rad(rng.uniform(35.0, 60.0, size=2)),
-        "pap_radius": rng.uniform(2.5, 4.5),
-        "fat": rng.uniform(2.0, 6.0),
-        "fat_phase": rng.uniform(0.0, 2 * np.pi),
-        "rv_wall": rng.uniform(2.5, 4.0),
-        "infarct": 0.0,
+        "r_endo": rng.uniform(23.0, 30.0), "thick": rng.uniform(7.0, 10.0), "ef": rng.uniform(0.55, 0.70),
+        "rv_thick": rng.uniform(15.0, 25.0), "rv_ef": rng.uniform(0.45, 0.60),
+        "rv_half_width": np.deg2rad(rng.uniform(65.0, 95.0)), "rv_angle": np.deg2rad(rng.uniform(10.0, 60.0)),
+        "rv_twist": np.deg2rad(rng.uniform(-20.0, 20.0)), "rv_end": rng.uniform(0.6, 0.8),
+        "apex": rng.uniform(0.98, 1.08), "ecc": rng.uniform(1.0, 1.25), "ecc_angle": rng.uniform(0.0, np.pi),
+        "harm": rng.uniform(0.0, 0.05, size=2), "harm_phase": rng.uniform(0.0, 2 * np.pi, size=2),
+        "centre": rng.uniform(-15.0, 15.0, size=2), "drift": rng.uniform(-8.0, 8.0, size=2),
+        "infarct_angle": rng.uniform(0.0, 2 * np.pi), "pap_offset": np.deg2rad(rng.uniform(35.0, 60.0, size=2)),
+        "pap_radius": rng.uniform(2.5, 4.5), "fat": rng.uniform(2.0, 6.0), "fat_phase": rng.uniform(0.0, 2 * np.pi),
+        "rv_wall": rng.uniform(2.5, 4.0), "infarct": 0.0,
     }
     if group == "DCM":
         p.update(r_endo=p["r_endo"] * 1.3, ef=rng.uniform(0.12, 0.35), thick=p["thick"] * 0.85)
@@ -69,24 +56,15 @@ def acdc_subject(
     b = {
         "centre": p["centre"] + np.array([rng.uniform(20.0, 45.0), rng.uniform(-55.0, -30.0)]),
         "axes": np.array([rng.uniform(140.0, 180.0), rng.uniform(95.0, 125.0)]),
-        "fat": rng.uniform(8.0, 20.0),
-        "muscle": rng.uniform(8.0, 18.0),
-        "liver_start": rng.uniform(0.45, 0.8),
+        "fat": rng.uniform(8.0, 20.0), "muscle": rng.uniform(8.0, 18.0), "liver_start": rng.uniform(0.45, 0.8),
     }
     mean = {
-        "lv": rng.uniform(0.75, 0.95),
-        "myo": rng.uniform(0.28, 0.40),
-        "fat_peri": rng.uniform(0.55, 0.80),
-        "soft": rng.uniform(0.30, 0.45),
-        "muscle": rng.uniform(0.25, 0.42),
-        "fat_sub": rng.uniform(0.60, 0.85),
-        "lung": rng.uniform(0.02, 0.08),
-        "liver": rng.uniform(0.30, 0.45),
-        "spine": rng.uniform(0.35, 0.50),
+        "lv": rng.uniform(0.75, 0.95), "myo": rng.uniform(0.28, 0.40), "fat_peri": rng.uniform(0.55, 0.80),
+        "soft": rng.uniform(0.30, 0.45), "muscle": rng.uniform(0.25, 0.42), "fat_sub": rng.uniform(0.60, 0.85),
+        "lung": rng.uniform(0.02, 0.08), "liver": rng.uniform(0.30, 0.45), "spine": rng.uniform(0.35, 0.50),
     }
-    mean["rv"] = mean["lv"] * rng.uniform(0.85, 1.0)
-    mean["aorta"] = mean["lv"] * rng.uniform(0.8, 1.0)
-    mean["rv_wall"] = mean["myo"] * rng.uniform(0.9, 1.1)
+    mean.update(rv=mean["lv"] * rng.uniform(0.85, 1.0), aorta=mean["lv"] * rng.uniform(0.8, 1.0),
+                rv_wall=mean["myo"] * rng.uniform(0.9, 1.1))
 
     t_start, t_end = rng.uniform(-0.06, 0.04), rng.uniform(0.95, 1.06)
     step = (t_end - t_start) / (nz - 1)
@@ -103,8 +81,8 @@ def acdc_subject(
 
     files: list[object] = []
     for intensity, labels in _acdc_frames(x, y, t, p, b, mean):
-        intensity = intensity.reshape(shape[0], shape[1], nz, 3).mean(axis=-1)
-        labels = labels.reshape(shape[0], shape[1], nz, 3)[..., 1]
+        intensity = intensity.reshape(*shape, 3).mean(axis=-1)
+        labels = labels.reshape(*shape, 3)[..., 1]
         intensity = intensity * (1.0 + texture_amp * smooth_noise(rng, shape, (2.0 / sp, 2.0 / sp, 0.0)))
         intensity = gaussian_filter(intensity, (blur, blur, 0.0), mode="nearest") * bias
         image = quantise(rician(rng, intensity, noise), scale)

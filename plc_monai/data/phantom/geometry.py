@@ -5,17 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from nibabel.affines import from_matvec
 from scipy.spatial.transform import Rotation
 
-__all__ = [
-    "voxel_grid",
-    "local_coordinates",
-    "ellipsoid_radius",
-    "tube_distance",
-    "random_rotation",
-    "random_pose",
-    "subject_grid",
-]
+__all__ = ["voxel_grid", "local_coordinates", "ellipsoid_radius", "tube_distance", "random_rotation", "random_pose",
+           "subject_grid"]
 
 
 def voxel_grid(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
@@ -61,9 +55,7 @@ def random_pose(
     if rng.random() < 0.5:
         rot = np.eye(3)
     linear = rot * np.asarray(spacing, dtype=float)[None, :]
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    affine[:3, 3] = rng.uniform(-40.0, 40.0, 3) - linear @ ((np.asarray(shape[:3], dtype=float) - 1.0) / 2.0)
+    affine = from_matvec(linear, rng.uniform(-40.0, 40.0, 3) - linear @ ((np.asarray(shape[:3]) - 1.0) / 2.0))
     flips = np.where(rng.random(3) < 0.3, -1.0, 1.0)
     axes = np.array([1.0, 0.0, 2.0]) if rng.random() < 0.25 else np.array([0.0, 1.0, 2.0])
     return affine, np.column_stack([axes, flips])

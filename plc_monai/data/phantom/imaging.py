@@ -53,13 +53,10 @@ def nifti_pair(
     image: np.ndarray, label: np.ndarray, pose: tuple[np.ndarray, np.ndarray]
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """Image and label NIfTI with the affine of ``pose`` (see ``random_pose``), re-stored with its ``ornt``."""
-    affine, ornt = pose
-    pair = []
-    for array in (image, label):
-        img = nib.Nifti1Image(array, affine).as_reoriented(ornt)
+    pair = [nib.Nifti1Image(array, pose[0]).as_reoriented(pose[1]) for array in (image, label)]
+    for img in pair:
         stored = img.affine.copy()
         img.set_qform(stored, code=1)  # scanner coordinates in both forms, as scanners write them
         img.set_sform(stored, code=1)
         img.header.set_xyzt_units("mm", "sec")
-        pair.append(img)
     return pair[0], pair[1]

@@ -77,9 +77,8 @@ def mmwhs_subject(
     )
     outflow = geo.tube_distance(grid, c_rv, pa_p0) < 0.8 * pa_r  # RV outflow tract, labelled RV
 
-    structures = [lv, myo, aa, pa, rv | outflow, la, ra]
-    names = ["LV", "Myo", "AA", "PA", "RV", "LA", "RA"]
-    labels = np.select(structures, [value[n] for n in names], default=0).astype(np.uint16)
+    structures = {"LV": lv, "Myo": myo, "AA": aa, "PA": pa, "RV": rv | outflow, "LA": la, "RA": ra}
+    labels = np.select(list(structures.values()), [value[n] for n in structures], default=0).astype(np.uint16)
     heart = labels > 0
 
     # surroundings: pericardial fat, body wall, lungs, liver, spine, descending aorta

@@ -88,16 +88,14 @@ def prostate_subject(
         rect_d < rect_r, rect_d < rect_r + 3.5, pubis, muscles,
     ]
     keys = ["urethra", "pz", "tz", "afms", "capsule", "peri", "urine", "wall", "lumen", "wall", "bone", "muscle"]
-    t2_map = np.select(masks, [t2[k] for k in keys], default=t2["fat"])
-    adc_map = np.select(masks, [adc[k] for k in keys], default=adc["fat"])
+    t2_map, adc_map = (np.select(masks, [m[k] for k in keys], default=m["fat"]) for m in (t2, adc))
     labels = np.select([pz, tz], [1, 2], default=0).astype(np.uint8)
     nodules = smooth_noise(rng, sub_shape, (3.0 / sp, 3.0 / sp, 1.0))
     t2_map = t2_map * (1.0 + np.where(tz, rng.uniform(0.10, 0.18), 0.05) * nodules)
     adc_map = adc_map * (1.0 + 0.05 * nodules)
 
-    t2_map = t2_map.reshape(shape[0], shape[1], nz, 3).mean(axis=-1)
-    adc_map = adc_map.reshape(shape[0], shape[1], nz, 3).mean(axis=-1)
-    labels = labels.reshape(shape[0], shape[1], nz, 3)[..., 1]
+    t2_map, adc_map = (m.reshape(*shape, 3).mean(axis=-1) for m in (t2_map, adc_map))
+    labels = labels.reshape(*shape, 3)[..., 1]
 
     bias = bias_field(rng, shape, rng.uniform(0.06, 0.12), (2, 2, 1))
     if coil:  # endorectal coil: bright signal close to the rectum, falling off with distance
