@@ -47,10 +47,8 @@ def load_run_network(run: RunSpec, ckpt_file: str | os.PathLike | None = None, d
     ckpt = Path(ckpt_file) if ckpt_file is not None else run.ckpt_dir / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"model file {ckpt} of run {run.name} does not exist; train the run first.")
-    parser = bundle_parser(run.config_files, run.settings)
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
+    network = bundle_parser(run.config_files, run.settings).get_parsed_content("network_def")
+    network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     return network.to(device).eval()
 
 
@@ -120,11 +118,7 @@ def sample_pixels_per_class(
 
 def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int, figure: str) -> tuple[Any, ...]:
     """``(first run, class names, images [N, 1, H, W], labels [N, H, W] long, volume index [N])`` of the slices
-    of the first run's volumes.
-
-    Raises:
-        ValueError: when ``runs`` is empty or no volume of ``subset`` has a label file.
-    """
+    of the first run's volumes; ``ValueError`` when ``runs`` is empty or no volume of ``subset`` has a label file."""
     if not runs:
         raise ValueError(f"{figure} needs at least one run.")
     first = next(iter(runs.values()))
@@ -137,11 +131,7 @@ def _first_run_slices(runs: Mapping[str, RunSpec], subset: str, max_volumes: int
 
 
 def tsne_figure(
-    runs: Mapping[str, RunSpec],
-    out_png: str | os.PathLike,
-    num_volumes: int = 2,
-    per_class: int = 200,
-    seed: int = 0,
+    runs: Mapping[str, RunSpec], out_png: str | os.PathLike, num_volumes: int = 2, per_class: int = 200, seed: int = 0
 ) -> Path:
     """Fig. 3: t-SNE of backbone pixel features of unlabeled images, one panel per method, coloured by structure.
 
@@ -161,8 +151,7 @@ def tsne_figure(
 
     first, class_names, images, labels, _ = _first_run_slices(runs, "unlabeled", num_volumes, "tsne_figure")
     classes = list(range(1, len(class_names)))
-    generator = torch.Generator().manual_seed(seed)
-    idx = sample_pixels_per_class(labels, classes, per_class, generator)
+    idx = sample_pixels_per_class(labels, classes, per_class, torch.Generator().manual_seed(seed))
     if idx.numel() < 3:
         raise ValueError(f"run {first.name}: the sampled volumes hold {idx.numel()} foreground pixels; need >= 3.")
     pixel_labels = labels.reshape(-1)[idx].numpy()
@@ -211,12 +200,10 @@ def round_curve_figure(
             ax.plot(xs, [values[r] for r in xs], color=colour, alpha=0.3, linewidth=1)
         means = [float(np.mean([v[r] for v in per_combo.values() if r in v])) for r in rounds]
         ax.plot(rounds, means, color=colour, marker="o", linewidth=2, label=f"{method} (mean of {len(per_combo)})")
-    ax.set(xlabel="pseudo-labeling round (0: warm-up model)", ylabel="test mean foreground Dice")
+    ax.set(xlabel="pseudo-labeling round (0: warm-up model)", ylabel="test mean foreground Dice", title=title)
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
     return _save_png(fig, out_png)
 
 

@@ -3,7 +3,6 @@
 :func:`run_experiment` executes every unfinished (method, combo) run, each in a process of its own
 (:mod:`.worker`), then writes ``results.md``, ``results.csv``, ``runs.csv``, ``results.json`` and the figures;
 :func:`collect_experiment` writes them from the run folders alone; :func:`experiment` is the command line.
-Finished runs are skipped and interrupted ones resume (docs/experiments.md, "Resuming").
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.experiments import figures as _figures
@@ -107,37 +108,26 @@ class UnfinishedRunsError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _run_record(run: RunSpec) -> dict[str, Any]:
-    """What a finished run contributes to the tables."""
+    """What a finished run contributes to the tables, with the phase, iteration and validation Dice of its
+    ``model.pt`` and the best validation Dice per phase from :class:`~plc_monai.checkpointing.BestModelPerPhase`'s
+    ``best_models.json`` (empty values without it)."""
     summary = json.loads(run.summary_file.read_text())
-    rounds = {k: json.loads(path.read_text())["mean_foreground_dice"]["mean"] for k in run.round_files()
-              if (path := run.round_eval_dir(k) / "summary.json").is_file()}
-    marker = json.loads(run.train_marker.read_text()) if run.train_marker.is_file() else {}
-    return {
-        **_model_origin(run.ckpt_dir / "best_models.json"),
-        "method": run.method,
-        "combo": run.combo,
-        "run_dir": str(run.run_dir),
-        "mean_foreground_dice": summary["mean_foreground_dice"]["mean"],
-        "summary": summary,
-        "round_dice": rounds,
-        "train_seconds": marker.get("seconds"),
-        "dropped_overrides": run.dropped,
-    }
-
-
-def _model_origin(path: Path) -> dict[str, Any]:
-    """Phase, iteration and validation Dice of the run's ``model.pt`` and the best validation Dice per phase,
-    from :class:`~plc_monai.checkpointing.BestModelPerPhase`'s ``best_models.json`` (empty values without it)."""
-    if not path.is_file():
-        return {"model_phase": None, "model_iteration": None, "model_val_dice": None, "val_best": {}}
-    data = json.loads(path.read_text())
-    shipped = data.get("model.pt") or {}
-    phases, rounds = data.get("phases") or {}, data.get("rounds") or {}
+    round_dice = {k: json.loads(path.read_text())["mean_foreground_dice"]["mean"] for k in run.round_files()
+                  if (path := run.round_eval_dir(k) / "summary.json").is_file()}
+    best = _read_json(run.ckpt_dir / "best_models.json")
+    shipped, phases, rounds = (best.get(k) or {} for k in ("model.pt", "phases", "rounds"))
     val_best = {"warmup": phases["warmup"].get("metric")} if "warmup" in phases else {}
     val_best.update({f"round {k}": rounds[k].get("metric") for k in sorted(rounds, key=int)})
     return {"model_phase": shipped.get("phase"), "model_iteration": shipped.get("iteration"),
-            "model_val_dice": shipped.get("metric"), "val_best": val_best}
+            "model_val_dice": shipped.get("metric"), "val_best": val_best, "method": run.method, "combo": run.combo,
+            "run_dir": str(run.run_dir), "mean_foreground_dice": summary["mean_foreground_dice"]["mean"],
+            "summary": summary, "round_dice": round_dice, "train_seconds": _read_json(run.train_marker).get("seconds"),
+            "dropped_overrides": run.dropped}
 
 
 def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -146,8 +136,7 @@ def _origin_table(results: Sequence[Mapping[str, Any]]) -> list[str]:
     if not known:
         return []
     names = {k for r in known for k in r["val_best"]}
-    rounds = sorted((k for k in names if k != "warmup"), key=lambda k: int(k.split()[1]))  # "round 10" after "round 9"
-    columns = (["warmup"] if "warmup" in names else []) + rounds
+    columns = sorted(names, key=lambda k: -1 if k == "warmup" else int(k.split()[1]))  # warmup, round 0, ..., 9, 10
 
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -195,17 +184,10 @@ def aggregate(
         rounds = {k: dict(zip(("mean", "std", "n"), mean_std([r["round_dice"].get(k) for r in runs])))
                   for k in sorted({k for r in runs for k in r["round_dice"]})}
         value = paper_dice(dataset, setting, method)
-        rows.append({
-            "method": method,
-            "label": METHOD_LABELS.get(method, method),
-            "n_runs": n,
-            "dice_mean": mean,
-            "dice_std": std,
-            "paper_dice": value,
-            "paper_table": METHOD_TABLE.get(method) if value is not None else None,
-            "structures": structures,
-            "rounds": rounds,
-        })
+        rows.append({"method": method, "label": METHOD_LABELS.get(method, method), "n_runs": n, "dice_mean": mean,
+                     "dice_std": std, "paper_dice": value,
+                     "paper_table": METHOD_TABLE.get(method) if value is not None else None,
+                     "structures": structures, "rounds": rounds})
     return rows
 
 
@@ -215,14 +197,10 @@ def format_markdown(
     """The results as Markdown: the main table (like the paper's Table I), per-structure tables, rounds,
     which model each of ``runs`` (the runs' records) reports, missing runs, figures, machine and timing."""
     dataset, setting = meta["dataset"], meta["setting"]
-    lines = [
-        f"# Results: {dataset}, setting {setting}, split {meta['split']}",
-        "",
-        f"Combos: {', '.join(meta['combos'])} (for random splits, the split seeds); training seed {meta['seed']}; "
-        f"{meta['n_runs']} runs. Dice is the test set's mean foreground Dice (per run: mean over its test volumes), "
-        "mean ± std (population) over the combos.",
-        "",
-    ]
+    lines = [f"# Results: {dataset}, setting {setting}, split {meta['split']}", "",
+             f"Combos: {', '.join(meta['combos'])} (for random splits, the split seeds); training seed {meta['seed']}; "
+             f"{meta['n_runs']} runs. Dice is the test set's mean foreground Dice (per run: mean over its test "
+             "volumes), mean ± std (population) over the combos.", ""]
     if meta["split"] != "paper":
         lines += ["The paper's column is its number for the real dataset and the same number of labeled volumes; "
                   "on other data or splits it is context, not a target.", ""]
@@ -283,8 +261,8 @@ def _runs_csv_text(results: Sequence[Mapping[str, Any]]) -> str:
 def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]], out: Path, refresh: bool) -> list[str]:
     """Write the figures of the first combo that the finished runs allow (the proposed method: ``plc_inter``, else
     ``plc_intra``); existing PNGs are kept unless ``refresh``."""
-    by_key = {(r.method, r.combo): r for r in runs}
     combo = runs[0].combo
+    here = {r.method: r for r in runs if r.combo == combo}
     proposed = next((m for m in _PROPOSED if any(r.method == m for r in runs)), None)
     rounds: dict[str, dict[str, dict[int, float]]] = {}
     for r in results:
@@ -294,14 +272,14 @@ def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]],
     if rounds:
         draw["round_dice.png"] = partial(_figures.round_curve_figure, rounds,
                                          title="test Dice per pseudo-labeling round")
-    ours = {f"proposed ({proposed})": by_key.get((proposed, combo))}
-    if proposed and ("self_training", combo) in by_key and (proposed, combo) in by_key:
-        draw[f"tsne_{combo}.png"] = partial(_figures.tsne_figure,
-                                            {"self-training": by_key[("self_training", combo)], **ours})
-    reference = next((m for m in ("baseline", "self_training") if (m, combo) in by_key), None)
-    if proposed and reference and (proposed, combo) in by_key:
-        draw[f"examples_{combo}.png"] = partial(_figures.example_slices_figure,
-                                                {reference.replace("_", "-"): by_key[(reference, combo)], **ours})
+    if proposed in here:
+        ours = {f"proposed ({proposed})": here[proposed]}
+        if "self_training" in here:
+            draw[f"tsne_{combo}.png"] = partial(_figures.tsne_figure, {"self-training": here["self_training"], **ours})
+        reference = next((m for m in ("baseline", "self_training") if m in here), None)
+        if reference:
+            columns = {reference.replace("_", "-"): here[reference], **ours}
+            draw[f"examples_{combo}.png"] = partial(_figures.example_slices_figure, columns)
     for name, write in draw.items():
         if refresh or not (out / "figures" / name).is_file():
             write(out / "figures" / name)
@@ -309,8 +287,6 @@ def _make_figures(runs: Sequence[RunSpec], results: Sequence[Mapping[str, Any]],
 
 
 def _machine() -> str:
-    import torch
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.node() or 'host'}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}"
 
@@ -333,22 +309,12 @@ def _write_results(
     rows = aggregate(results, list(spec.methods), spec.dataset, spec.setting)
     executed = sum(o.status == "done" for o in outcomes.values())
     fig_files = _make_figures(finished, results, out, refresh=collected or executed > 0) if spec.figures and finished else []
-    meta = {
-        **spec.to_dict(),
-        "dataset": spec.dataset,
-        "n_runs": len(runs),
-        "executed_runs": executed,
-        "not_in_table": {name: {"status": o.status, "log": str(o.log_file) if o.log_file else None, "tail": o.tail}
-                         for name, o in missing.items()},
-        "launch": dict(launch or {}),
-        "threads_per_run": threads_per_run,
-        "collected": collected,
-        "seconds": seconds,
-        "machine": _machine(),
-        "written": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        "figures": fig_files,
-    }
+    meta = {**spec.to_dict(), "dataset": spec.dataset, "n_runs": len(runs), "executed_runs": executed,
+            "not_in_table": {name: {"status": o.status, "log": str(o.log_file) if o.log_file else None, "tail": o.tail}
+                             for name, o in missing.items()},
+            "launch": dict(launch or {}), "threads_per_run": threads_per_run, "collected": collected,
+            "seconds": seconds, "machine": _machine(), "written": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "figures": fig_files}
     files = {"markdown": out / "results.md", "csv": out / "results.csv", "runs_csv": out / "runs.csv",
              "json": out / "results.json"}
     markdown = format_markdown(rows, meta, results)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -101,10 +101,9 @@ class LaunchOptions:
         if any(not d or "," in d for d in self.devices):
             raise ValueError(f"devices must be GPU ids such as ('0', '1'), got {list(self.devices)!r}.")
         if self.executor != "local" and (self.parallel != 1 or self.devices):
-            raise ValueError(
-                f"parallel={self.parallel} and devices={list(self.devices)} are for the local slots; with executor "
-                f"{self.executor!r} use array_parallelism and gpus_per_job (the scheduler assigns the GPUs)."
-            )
+            raise ValueError(f"parallel={self.parallel} and devices={list(self.devices)} are for the local slots; "
+                             f"with executor {self.executor!r} use array_parallelism and gpus_per_job (the scheduler "
+                             "assigns the GPUs).")
 
     def threads_per_run(self) -> int | None:
         """CPU threads each run gets (see ``threads``)."""
@@ -197,10 +196,6 @@ class Progress:
         print(f"[{self.status()}] {name}: {message}", flush=True)
         self._last_print = time.perf_counter()
 
-    def relay(self, name: str, line: str) -> None:
-        """Print a line of a run's own output, indented and named."""
-        print(f"    {name} | {line}", flush=True)
-
     def run_started(self, name: str, message: str = "started") -> None:
         self.started.setdefault(name, time.perf_counter())
         self.say(name, message)
@@ -215,10 +210,11 @@ class Progress:
         took = "" if seconds is None else f" in {format_duration(seconds)}"
         self.say(name, f"finished{took}" + (f", {message}" if message else ""))
 
-    def run_failed(self, name: str, message: str) -> None:
+    def run_failed(self, name: str, message: str, tail: str = "") -> None:
+        """Report a failed run, with the last lines of its log (``tail``) quoted below ``message``."""
         self.started.pop(name, None)
         self.failed += 1
-        self.say(name, "FAILED: " + message)
+        self.say(name, "FAILED: " + message + "".join("\n    > " + line for line in tail.splitlines()))
 
     def tick(self) -> None:
         """Print a status line when nothing was printed for ``status_interval`` seconds."""
@@ -226,12 +222,8 @@ class Progress:
             self.say("experiment", "status")
 
 
-def _tail(text: str, lines: int = FAILURE_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _indented(text: str) -> str:
-    return "\n".join("    > " + line for line in text.splitlines())
+def _tail(text: str) -> str:
+    return "\n".join(text.rstrip().splitlines()[-FAILURE_TAIL_LINES:])
 
 
 @dataclass
@@ -243,19 +235,18 @@ class _Slot:
     first_byte: int
     read_pos: int
     device: str | None
-    partial: bytes = field(default=b"")
+    partial: bytes = b""
 
 
-def _relay_new_lines(slot: _Slot, progress: Progress) -> None:
-    """Relay the complete lines the slot's process appended to its log since the last call."""
+def _relay_new_lines(slot: _Slot) -> None:
+    """Print, indented and named, the complete lines the slot's process appended to its log since the last call."""
     with open(slot.task.log_file, "rb") as f:
         f.seek(slot.read_pos)
         data = f.read()
     slot.read_pos += len(data)
-    data = slot.partial + data
-    *lines, slot.partial = data.split(b"\n")
+    *lines, slot.partial = (slot.partial + data).split(b"\n")
     for line in lines:
-        progress.relay(slot.task.name, line.decode("utf-8", "replace").rstrip())
+        print(f"    {slot.task.name} | {line.decode('utf-8', 'replace').rstrip()}", flush=True)
 
 
 def _stop(slots: Sequence[_Slot], grace_seconds: float = 15.0) -> None:
@@ -291,7 +282,7 @@ def run_slots(
 
     Args:
         tasks: the commands, in launch order.
-        progress: where starts, ends, failures, relayed lines and status lines are printed.
+        progress: where starts, ends, failures and status lines are printed (the tasks' lines are relayed to stdout).
         parallel: tasks at once.
         devices: GPU ids to spread the tasks over (``CUDA_VISIBLE_DEVICES``: the one with the fewest tasks).
         threads: CPU threads per task (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``); ``None``: unchanged.
@@ -330,7 +321,7 @@ def run_slots(
             time.sleep(poll_seconds)
             for name, slot in list(running.items()):
                 code = slot.proc.poll()
-                _relay_new_lines(slot, progress)
+                _relay_new_lines(slot)
                 if code is None:
                     continue
                 slot.log.close()
@@ -340,11 +331,9 @@ def run_slots(
                     outcomes[name] = RunOutcome(name, "done", seconds, slot.task.log_file)
                     progress.run_finished(name, seconds)
                 else:
-                    with open(slot.task.log_file, "rb") as f:
-                        f.seek(slot.first_byte)
-                        tail = _tail(f.read().decode("utf-8", "replace"))
+                    tail = _tail(slot.task.log_file.read_bytes()[slot.first_byte :].decode("utf-8", "replace"))
                     outcomes[name] = RunOutcome(name, "failed", seconds, slot.task.log_file, tail)
-                    progress.run_failed(name, f"exit status {code}; last lines of {slot.task.log_file}:\n{_indented(tail)}")
+                    progress.run_failed(name, f"exit status {code}; last lines of {slot.task.log_file}:", tail)
             progress.tick()
     except BaseException:
         _stop(list(running.values()))
@@ -372,10 +361,8 @@ def import_submitit() -> Any:
     try:
         import submitit
     except ImportError as err:
-        raise ImportError(
-            "the slurm and submitit_local executors need submitit: pip install submitit "
-            "(or pip install -e '.[cluster]' in a plc_monai checkout)."
-        ) from err
+        raise ImportError("the slurm and submitit_local executors need submitit: pip install submitit "
+                          "(or pip install -e '.[cluster]' in a plc_monai checkout).") from err
     return submitit
 
 
@@ -383,15 +370,9 @@ def submitit_parameters(options: LaunchOptions, num_runs: int, cpu_only: bool) -
     """The ``AutoExecutor.update_parameters`` of a job array of ``num_runs`` jobs (``None``: the cluster's defaults;
     ``gpus_per_job`` defaults to 0 when ``cpu_only``, else 1)."""
     gpus = options.gpus_per_job if options.gpus_per_job is not None else (0 if cpu_only else 1)
-    return {
-        "name": "plc_monai",
-        "timeout_min": int(options.time_limit_min),
-        "gpus_per_node": int(gpus),
-        "cpus_per_task": options.cpus_per_job,
-        "mem_gb": options.mem_gb,
-        "slurm_partition": options.partition,
-        "slurm_array_parallelism": int(options.array_parallelism or max(1, num_runs)),
-    }
+    return {"name": "plc_monai", "timeout_min": int(options.time_limit_min), "gpus_per_node": int(gpus),
+            "cpus_per_task": options.cpus_per_job, "mem_gb": options.mem_gb, "slurm_partition": options.partition,
+            "slurm_array_parallelism": int(options.array_parallelism or max(1, num_runs))}
 
 
 def run_submitit(
@@ -411,10 +392,8 @@ def run_submitit(
     try:
         executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     except RuntimeError as err:
-        raise RuntimeError(
-            f"executor 'slurm' needs Slurm's commands on this machine ({err}); run the command on the cluster's "
-            "login node, or use --executor local."
-        ) from err
+        raise RuntimeError(f"executor 'slurm' needs Slurm's commands on this machine ({err}); run the command on "
+                           "the cluster's login node, or use --executor local.") from err
     executor.update_parameters(**submitit_parameters(options, len(runs), cpu_only))
     for run in runs:
         write_json(run.run_file, run.to_dict())
@@ -437,7 +416,7 @@ def run_submitit(
                     except Exception as err:  # the job's traceback, from its log
                         tail = _tail(str(err))
                         outcomes[name] = RunOutcome(name, "failed", None, job.paths.stdout, tail)
-                        progress.run_failed(name, f"job {job.job_id}; log {job.paths.stdout}; last lines:\n{_indented(tail)}")
+                        progress.run_failed(name, f"job {job.job_id}; log {job.paths.stdout}; last lines:", tail)
                     else:
                         outcomes[name] = RunOutcome(name, "done", result.get("seconds"), job.paths.stdout)
                         progress.run_finished(name, result.get("seconds"), f"test mean foreground Dice {result.get('mean_foreground_dice')}")

@@ -12,12 +12,9 @@ from plc_monai.runtime import is_main_process, unwrap
 
 __all__ = ["RoundModelSaver", "round_model_path"]
 
-ROUND_FILENAME = "model_round_{round}.pt"
-
-
 def round_model_path(save_dir: str | os.PathLike, round_index: int) -> Path:
     """Where :class:`RoundModelSaver` writes the model of round ``round_index`` (0: the warm-up model)."""
-    return Path(save_dir) / ROUND_FILENAME.format(round=int(round_index))
+    return Path(save_dir) / f"model_round_{int(round_index)}.pt"
 
 
 class RoundModelSaver:
@@ -50,9 +47,8 @@ class RoundModelSaver:
         if interval < 1:
             raise ValueError(f"RoundModelSaver interval must be >= 1 iteration, got {interval}.")
         if warmup_iterations < 0 or num_rounds < 0:
-            raise ValueError(
-                f"warmup_iterations and num_rounds must be >= 0, got {warmup_iterations} and {num_rounds}."
-            )
+            raise ValueError(f"warmup_iterations and num_rounds must be >= 0, got {warmup_iterations} and "
+                             f"{num_rounds}.")
         self.network = network
         self.save_dir = Path(save_dir)
         self.warmup_iterations = int(warmup_iterations)
@@ -75,6 +71,5 @@ class RoundModelSaver:
         weights = getattr(engine, "best_warmup_state", None) if round_index == 0 else None
         if weights is None:
             weights = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
-        path = round_model_path(self.save_dir, round_index)
-        atomic_torch_save(weights, path)
+        path = atomic_torch_save(weights, round_model_path(self.save_dir, round_index))
         engine.logger.info(f"round model {round_index} (iteration {engine.state.iteration}) saved to {path}")

@@ -21,8 +21,8 @@ from plc_monai.cli import bundle_dir
 from plc_monai.data.splits import load_split
 
 __all__ = [
-    "ExperimentSpec", "RunSpec", "available_methods", "method_config", "bundle_dataset", "combo_split_seed",
-    "plan_runs", "bundle_command", "bundle_parser",
+    "ExperimentSpec", "RunSpec", "available_methods", "method_config", "combo_split_seed", "plan_runs",
+    "bundle_command", "bundle_parser",
 ]
 
 #: ids of the run folder layout, set by the harness for every run; user overrides cannot change them.
@@ -39,25 +39,14 @@ def method_config(bundle: str | os.PathLike, method: str) -> Path:
     """``<bundle>/configs/methods/<method>.json``; a :class:`FileNotFoundError` listing the methods if it is missing."""
     path = bundle_dir(bundle) / "configs" / "methods" / f"{method}.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no method {method!r} in {path.parent} (expected {path.name}); available: {available_methods(bundle)}."
-        )
+        raise FileNotFoundError(f"no method {method!r} in {path.parent} (expected {path.name}); available: "
+                                f"{available_methods(bundle)}.")
     return path
-
-
-def bundle_dataset(bundle: str | os.PathLike) -> str:
-    """The ``dataset_name`` of the bundle's ``train.json`` (``acdc``, ``prostate``, ``mmwhs``)."""
-    path = bundle_dir(bundle) / "configs" / "train.json"
-    try:
-        return str(json.loads(path.read_text())["dataset_name"])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read its 'dataset_name' ({err}).") from err
 
 
 def combo_split_seed(combo: str | int) -> int:
     """The seed of a random split for ``combo``: ``"c3"``, ``"3"`` or ``3`` -> ``3`` (else a ``ValueError``)."""
-    text = str(combo).strip().lower()
-    digits = text[1:] if text.startswith("c") else text
+    digits = str(combo).strip().lower().removeprefix("c")
     if not digits.lstrip("-").isdigit():
         raise ValueError(f"combo {combo!r} names no split seed; expected 'c<integer>' or an integer for random splits.")
     return int(digits)
@@ -148,30 +137,29 @@ class ExperimentSpec:
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 has = sorted(p.name for p in path.glob("*.json")) or "no .json files"
-                raise FileNotFoundError(
-                    f"split folder {path} lacks {missing} (expected <setting>_<combo>.json for setting "
-                    f"{self.setting!r} and combos {list(self.combos)}); it has: {has}."
-                )
+                raise FileNotFoundError(f"split folder {path} lacks {missing} (expected <setting>_<combo>.json for "
+                                        f"setting {self.setting!r} and combos {list(self.combos)}); it has: {has}.")
         elif path.suffix == ".json" and path.is_file():
             if len(self.combos) > 1:
-                raise ValueError(
-                    f"split file {path} gives every combo the same volumes; with combos {list(self.combos)} "
-                    "pass a folder of <setting>_<combo>.json files instead."
-                )
+                raise ValueError(f"split file {path} gives every combo the same volumes; with combos "
+                                 f"{list(self.combos)} pass a folder of <setting>_<combo>.json files instead.")
             files = [path]
         else:
-            raise ValueError(
-                f"split must be 'paper', 'random', a folder of <setting>_<combo>.json split files or one split "
-                f".json file; {str(split)!r} is none of these ({path} does not exist or is not a .json file)."
-            )
+            raise ValueError(f"split must be 'paper', 'random', a folder of <setting>_<combo>.json split files or one "
+                             f"split .json file; {str(split)!r} is none of these ({path} does not exist or is not a "
+                             ".json file).")
         for file in files:
             load_split(file)  # a bad file fails here, naming itself, before any run starts
         return str(path)
 
     @property
     def dataset(self) -> str:
-        """The bundle's ``dataset_name`` (``acdc``, ``prostate``, ``mmwhs``)."""
-        return bundle_dataset(self.bundle)
+        """The ``dataset_name`` of the bundle's ``train.json`` (``acdc``, ``prostate``, ``mmwhs``)."""
+        path = self.bundle / "configs" / "train.json"
+        try:
+            return str(json.loads(path.read_text())["dataset_name"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read its 'dataset_name' ({err}).") from err
 
     def split_settings(self, combo: str) -> dict[str, Any]:
         """The bundle ids that choose the split of ``combo``: ``split`` and ``combo`` or ``split_seed``."""
@@ -185,10 +173,8 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON-ready values (paths as strings); :meth:`from_dict` reads it back."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        paths = {k: str(data[k]) for k in ("bundle", "dataset_dir", "output_dir", "cache_dir")}
-        return {**data, **paths, "combos": list(self.combos), "methods": list(self.methods),
-                "overrides": dict(self.overrides)}
+        paths = {k: str(getattr(self, k)) for k in ("bundle", "dataset_dir", "output_dir", "cache_dir")}
+        return {**asdict(self), **paths, "combos": list(self.combos), "methods": list(self.methods)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentSpec:
@@ -252,10 +238,6 @@ class RunSpec:
         """The evaluation summary of the run's final model; its existence marks a finished run."""
         return self.eval_dir / "summary.json"
 
-    @property
-    def evaluate_files(self) -> list[Path]:
-        return [*self.config_files, self.config_files[0].parent / "evaluate.json"]
-
     def round_eval_dir(self, round_index: int) -> Path:
         return self.run_dir / "eval_rounds" / f"round_{round_index}"
 
@@ -318,44 +300,31 @@ def plan_runs(spec: ExperimentSpec) -> list[RunSpec]:
         dropped = {k: v for k, v in spec.overrides.items() if k in method_ids}
         kept = {k: v for k, v in spec.overrides.items() if k not in method_ids}
         if dropped:
-            warnings.warn(
-                f"method {method!r} sets {sorted(dropped)} itself; the command-line value(s) are not applied to it.",
-                stacklevel=2,
-            )
+            warnings.warn(f"method {method!r} sets {sorted(dropped)} itself; the command-line value(s) are not "
+                          "applied to it.", stacklevel=2)
         for combo in spec.combos:
             run_dir = spec.output_dir / "runs" / method / combo
-            settings: dict[str, Any] = {
-                "bundle_root": str(spec.bundle),
-                "dataset_dir": str(spec.dataset_dir),
-                "setting": spec.setting,
-                "seed": spec.seed,
-                "cache_dir": str(spec.cache_dir),
-                **device_ids,
-                **{k: v for k, v in kept.items() if k != "cache_dir"},
-                **spec.split_settings(combo),
-                "output_dir": str(run_dir),
-                "ckpt_dir": str(run_dir / "models"),
-            }
+            settings = {"bundle_root": str(spec.bundle), "dataset_dir": str(spec.dataset_dir), "setting": spec.setting,
+                        "seed": spec.seed, "cache_dir": str(spec.cache_dir), **device_ids,
+                        **{k: v for k, v in kept.items() if k != "cache_dir"}, **spec.split_settings(combo),
+                        "output_dir": str(run_dir), "ckpt_dir": str(run_dir / "models")}
             runs.append(RunSpec(method, combo, run_dir, [train_json, method_file], settings, dropped))
     return runs
-
-
-def _cli_value(value: Any) -> str:
-    """A bundle id's value as ``python -m monai.bundle run`` (fire: Python literals) reads it back; containers,
-    bools and ``None`` as ``repr`` (JSON's ``false`` would be the truthy string ``"false"``)."""
-    if isinstance(value, (list, tuple, dict, bool)) or value is None:
-        return repr(list(value) if isinstance(value, tuple) else value)
-    return str(value)
 
 
 def bundle_command(
     config_files: Sequence[str | os.PathLike], run_id: str, settings: Mapping[str, Any], python: str | None = None
 ) -> list[str]:
-    """``python -m monai.bundle run <run_id> --config_file "[...]" --<id> <value> ...`` as an argv list."""
+    """``python -m monai.bundle run <run_id> --config_file "[...]" --<id> <value> ...`` as an argv list.
+
+    Values are written as fire reads them back (Python literals): containers, bools and ``None`` as ``repr``
+    (JSON's ``false`` would be the truthy string ``"false"``), the rest as ``str``.
+    """
     files = str([str(f) for f in config_files])
     cmd = [python or sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
     for key, value in settings.items():
-        cmd += [f"--{key}", _cli_value(value)]
+        literal = isinstance(value, (list, tuple, dict, bool)) or value is None
+        cmd += [f"--{key}", repr(list(value) if isinstance(value, tuple) else value) if literal else str(value)]
     return cmd
 
 

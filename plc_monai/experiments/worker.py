@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from plc_monai.experiments.round_models import round_model_path
 from plc_monai.experiments.runs import RunSpec, bundle_command, bundle_parser
 from plc_monai.reports import write_json
@@ -48,12 +50,8 @@ def run_logged(cmd: Sequence[str], log_file: Path, echo: bool, env: Mapping[str,
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` works
         log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(
-            list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        assert proc.stdout is not None
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         tail: list[str] = []
         for line in proc.stdout:
             log.write(line)
@@ -78,9 +76,9 @@ def evaluate_checkpoint(run: RunSpec, ckpt_file: str | os.PathLike, eval_dir: st
     """
     if not Path(ckpt_file).is_file():
         raise FileNotFoundError(f"model file {ckpt_file} does not exist.")
+    files = [*run.config_files, run.config_files[0].parent / "evaluate.json"]
     settings = {**run.settings, "ckpt_file": str(ckpt_file), "eval_dir": str(eval_dir)}
-    parser = bundle_parser(run.evaluate_files, settings)
-    parser.get_parsed_content("validate#evaluator").run()
+    bundle_parser(files, settings).get_parsed_content("validate#evaluator").run()
     return json.loads((Path(eval_dir) / "summary.json").read_text())
 
 
@@ -110,8 +108,6 @@ def execute_run(
     say = say or (lambda message: print(message, flush=True))
     env = thread_env(threads)
     if threads is not None:
-        import torch
-
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
     if not run.train_marker.is_file():
@@ -119,13 +115,9 @@ def execute_run(
         say("training" + (" (resuming from models/checkpoint.pt)" if resumed else ""))
         cmd = bundle_command(run.config_files, "training", run.settings, python)
         run_logged(cmd, run.log_dir / "train.log", echo, env)
-        write_json(run.train_marker, {
-            "seconds": time.perf_counter() - start,
-            "command": cmd,
-            "threads": threads,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "host": socket.gethostname(),
-        })
+        write_json(run.train_marker, {"seconds": time.perf_counter() - start, "command": cmd, "threads": threads,
+                                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                      "host": socket.gethostname()})
     if not run.summary_file.is_file():
         say("evaluating models/model.pt on the test split")
         evaluate_checkpoint(run, run.ckpt_dir / "model.pt", run.eval_dir)
