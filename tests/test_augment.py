@@ -267,12 +267,15 @@ def test_elastic_pixel_exact_on_coarse_constant_field():
 
 def test_validation_errors():
     aug = RandSpatialBatchd()
+    y8 = torch.zeros(2, 1, 8, 8).long()
     with pytest.raises(ValueError, match="'image'.*\\(4, 32, 32\\)"):
         aug({"image": torch.rand(4, 32, 32), "label": torch.zeros(4, 32, 32, dtype=torch.long)})
     with pytest.raises(ValueError, match="'label'.*\\(4, 1, 16, 16\\)"):
         aug({"image": torch.rand(4, 1, 32, 32), "label": torch.zeros(4, 1, 16, 16, dtype=torch.long)})
     with pytest.raises(ValueError, match="'label'.*nearest"):
         RandSpatialBatchd(mode="bilinear")({"image": torch.rand(2, 1, 8, 8), "label": torch.zeros(2, 1, 8, 8).long()})
+    with pytest.raises(ValueError, match="'image'.*complex"):
+        RandSpatialBatchd(mode="nearest")({"image": torch.zeros(2, 1, 8, 8, dtype=torch.complex64), "label": y8})
     with pytest.raises(ValueError, match="bicubic"):
         volume = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.zeros(2, 1, 8, 8, 8)}
         RandSpatialBatchd(mode=("bicubic", "nearest"))(volume)
