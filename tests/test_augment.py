@@ -162,9 +162,9 @@ def test_reproducibility_and_resume():
     assert torch.equal(RandSpatialBatchd(elastic_prob=1.0)(data)["image"], first_unseeded)
 
     aug = RandSpatialBatchd(elastic_prob=1.0).set_random_state(seed=2)
-    state = aug.state_dict()
+    state = aug.generator.get_state()  # what the trainer checkpoints
     first = aug(data)["image"]
-    aug.load_state_dict(state)
+    aug.generator.set_state(state)
     assert torch.equal(aug(data)["image"], first)
     aug.set_random_state(state=np.random.RandomState(4))
     other = RandSpatialBatchd(elastic_prob=1.0).set_random_state(state=np.random.RandomState(4))
@@ -267,12 +267,15 @@ def test_elastic_pixel_exact_on_coarse_constant_field():
 
 def test_validation_errors():
     aug = RandSpatialBatchd()
+    y8 = torch.zeros(2, 1, 8, 8).long()
     with pytest.raises(ValueError, match="'image'.*\\(4, 32, 32\\)"):
         aug({"image": torch.rand(4, 32, 32), "label": torch.zeros(4, 32, 32, dtype=torch.long)})
     with pytest.raises(ValueError, match="'label'.*\\(4, 1, 16, 16\\)"):
         aug({"image": torch.rand(4, 1, 32, 32), "label": torch.zeros(4, 1, 16, 16, dtype=torch.long)})
     with pytest.raises(ValueError, match="'label'.*nearest"):
         RandSpatialBatchd(mode="bilinear")({"image": torch.rand(2, 1, 8, 8), "label": torch.zeros(2, 1, 8, 8).long()})
+    with pytest.raises(ValueError, match="'image'.*complex"):
+        RandSpatialBatchd(mode="nearest")({"image": torch.zeros(2, 1, 8, 8, dtype=torch.complex64), "label": y8})
     with pytest.raises(ValueError, match="bicubic"):
         volume = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.zeros(2, 1, 8, 8, 8)}
         RandSpatialBatchd(mode=("bicubic", "nearest"))(volume)

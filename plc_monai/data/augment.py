@@ -1,20 +1,16 @@
 """Batched training augmentations of the paper as MONAI randomizable dictionary transforms.
 
-Both transforms take a whole batch ``[B, C, H, W]`` (or ``[B, C, H, W, D]`` for the spatial one) on any
-device, draw independent per-sample parameters from a CPU :class:`torch.Generator` and apply them with a
-few vectorised torch ops (no Python loop over the batch). They work in :class:`monai.transforms.Compose`,
-are seeded through ``set_random_state`` and can be built from bundle configs with ``_target_``.
-
-- :class:`RandSpatialBatchd`: the authors' per-slice affine option and a smooth elastic displacement, one
-  ``grid_sample`` per key; labels are resampled with nearest neighbour, so they stay integer class ids.
-- :class:`RandBrightnessContrastBatchd`: brightness and contrast around each image's mean, then clipping.
-
-The defaults, and where they deviate from the authors' code, are described in ``docs/method.md`` (D5).
+:class:`RandSpatialBatchd` (affine and elastic) and :class:`RandBrightnessContrastBatchd` take a whole batch
+``[B, C, H, W]`` (or ``[B, C, H, W, D]``, spatial only) on any device, draw independent per-sample parameters
+from a CPU :class:`torch.Generator` and apply them with a few vectorised torch ops (no loop over the batch).
+They work in ``Compose``, are seeded through ``set_random_state`` and can be built from bundle configs with
+``_target_``. Defaults and deviations from the authors' code: ``docs/method.md`` (D5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping, Sequence
+import functools
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +60,24 @@ def _symmetric_range(name: str, value: float | Sequence[float], centre: float = 
     return pair  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=32)
+def _axis_factor(
+    n: int, axis: int, nd: int, g: int, upsample: str, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[n, g + nd]`` factor of one axis for the separable grid of :meth:`RandSpatialBatchd.sampling_grid`.
+
+    The first ``g`` columns are the weights with which ``F.interpolate`` (``align_corners=False``)
+    upsamples ``g`` coarse values to ``n`` pixels along this axis (bicubic and linear interpolation are
+    separable). Column ``g + axis`` holds the centred pixel coordinates and the other extra columns are
+    ones, so the affine part rides along in the same product.
+    """
+    impulses = torch.eye(g, dtype=torch.float64).view(g, 1, g, 1)
+    weights = F.interpolate(impulses, size=(n, 1), mode=upsample, align_corners=False)
+    extra = torch.ones(n, nd, dtype=torch.float64)
+    extra[:, axis] = torch.arange(n, dtype=torch.float64) + (0.5 - n / 2.0)
+    return torch.cat([weights[:, 0, :, 0].T, extra], dim=1).to(device=device, dtype=dtype)
+
+
 class _BatchRandomizable(RandomizableTransform, MapTransform):
     """Seeding, RNG state and input handling shared by the batched transforms.
 
@@ -103,39 +117,11 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
         self.generator.manual_seed(torch_seed)
         return self
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The generator state, for exact resume next to a checkpoint."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.generator.set_state(state_dict["generator"])
-
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, dtype=torch.float64)
 
     def _uniform(self, bounds: tuple[float, float], n: int) -> torch.Tensor:
         return bounds[0] + (bounds[1] - bounds[0]) * self._rand(n)
-
-    def _gather(self, data: Mapping[Hashable, Any]) -> dict[Hashable, torch.Tensor]:
-        """Plain tensors of the present keys, in key order (a MetaTensor loses its metadata)."""
-        out = {}
-        for key in self.key_iterator(dict(data)):
-            value = data[key]
-            try:
-                out[key] = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ValueError(
-                    f"{type(self).__name__}: key {key!r} must hold a tensor or array, got {type(value).__name__}."
-                ) from err
-        return out
-
-    def _reference(self, data: Mapping[Hashable, Any] | torch.Tensor, ndims: Collection[int]) -> torch.Tensor:
-        """The batch tensor whose shape :meth:`randomize` reads: ``data`` itself or its first key."""
-        ref = data if isinstance(data, torch.Tensor) else next(iter(self._gather(data).values()), None)
-        if ref is None or ref.ndim not in ndims:
-            raise ValueError(f"{type(self).__name__}: cannot read [B, C, *spatial] from {type(data).__name__}.")
-        return ref
 
     def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
         """Transform the batch tensors of ``data``.
@@ -151,7 +137,15 @@ class _BatchRandomizable(RandomizableTransform, MapTransform):
             ValueError: on a shape, dtype or mode mismatch, naming the key and its shape.
         """
         d = dict(data)
-        tensors = self._gather(d)
+        tensors = {}
+        for key in self.key_iterator(d):
+            value = d[key]
+            try:
+                tensors[key] = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(
+                    f"{type(self).__name__}: key {key!r} must hold a tensor or array, got {type(value).__name__}."
+                ) from err
         if tensors:
             d.update(self._transform(tensors, randomize))
         return d
@@ -293,24 +287,15 @@ class RandSpatialBatchd(_BatchRandomizable):
         self.affine_choice_weights = weights_t / weights_t.sum()
         self.elastic_upsample = _check_choice("elastic_upsample", elastic_upsample, ("bicubic", "bilinear"))
         self.params: SpatialBatchParams | None = None
-        self._factor_cache: dict[tuple, torch.Tensor] = {}
 
-    def randomize(self, data: Mapping[Hashable, Any] | torch.Tensor | int, spatial_dims: int = 2) -> None:
+    def randomize(self, batch_size: int, spatial_dims: int = 2) -> None:
         """Draw per-sample parameters into ``self.params``.
 
         Args:
-            data: the batch dictionary (or one batch tensor) whose batch size and dimensionality are used,
-                or an integer batch size together with ``spatial_dims``.
-            spatial_dims: 2 or 3, used only when ``data`` is an integer.
-
-        Raises:
-            ValueError: when the batch size or dimensionality cannot be read from ``data``.
+            batch_size: number of samples ``B``.
+            spatial_dims: 2 or 3.
         """
-        if isinstance(data, int):
-            b = data
-        else:
-            ref = self._reference(data, (4, 5))
-            b, spatial_dims = ref.shape[0], ref.ndim - 2
+        b = batch_size
         # Every field is drawn on every call, so the stream does not depend on the options chosen.
         apply = self._rand(b) < self.prob
         angle = self._uniform(self.rotate_range, b)
@@ -320,8 +305,7 @@ class RandSpatialBatchd(_BatchRandomizable):
         use45 = self._rand(b) < self.rotate45_prob
         choice = torch.multinomial(self.affine_choice_weights.expand(b, -1), 1, True, generator=self.generator)[:, 0]
         elastic_on = self._rand(b) < self.elastic_prob
-        coarse_shape = (b, spatial_dims) + (self.elastic_grid,) * spatial_dims
-        coarse = torch.randn(coarse_shape, generator=self.generator) * self.elastic_sigma
+        coarse = torch.randn((b, spatial_dims) + (self.elastic_grid,) * spatial_dims, generator=self.generator)
 
         if self.affine_mode == "paper":
             option = {name: choice == i for i, name in enumerate(PAPER_AFFINE_OPTIONS)}
@@ -336,57 +320,18 @@ class RandSpatialBatchd(_BatchRandomizable):
             angle=torch.where(apply, angle, 0.0),
             scale=torch.where(apply, scale, 1.0),
             flip=flip & apply,
-            elastic=torch.where(keep_elastic, coarse, 0.0),
+            elastic=torch.where(keep_elastic, coarse * self.elastic_sigma, 0.0),
         )
-        self._do_transform = bool(apply.any())
-
-    def source_matrices(self, params: SpatialBatchParams, spatial_dims: int) -> torch.Tensor:
-        """Inverse (output -> source) linear maps in centred pixel units, axis order ``(H, W[, D])``.
-
-        Returns:
-            ``[B, N, N]`` float64 on CPU: ``flip @ rot(-angle) / scale``.
-        """
-        theta = torch.deg2rad(params.angle)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        # Snap multiples of 90 degrees, so that k*90 rotations sample exactly on pixel centres.
-        cos = torch.where(cos.abs() < 1e-12, 0.0, cos)
-        sin = torch.where(sin.abs() < 1e-12, 0.0, sin)
-        mat = torch.eye(spatial_dims, dtype=torch.float64).repeat(theta.shape[0], 1, 1)
-        # rot(-angle) in (row, col) coordinates: the inverse of the forward rotation.
-        mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = cos, sin, -sin, cos
-        mat[:, 1, :] = mat[:, 1, :] * torch.where(params.flip, -1.0, 1.0)[:, None]
-        return mat / params.scale[:, None, None]
-
-    def _axis_factor(
-        self, n: int, axis: int, spatial_dims: int, device: torch.device, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """``[n, g + N]`` factor of one axis for the separable grid of :meth:`sampling_grid`.
-
-        The first ``g`` columns are the weights with which ``F.interpolate`` (``align_corners=False``)
-        upsamples ``g`` coarse values to ``n`` pixels along this axis (bicubic and linear interpolation are
-        separable). Column ``g + axis`` holds the centred pixel coordinates and the other extra columns are
-        ones, so the affine part rides along in the same product.
-        """
-        key = (n, axis, spatial_dims, str(device), dtype)
-        if key not in self._factor_cache:
-            g = self.elastic_grid
-            impulses = torch.eye(g, dtype=torch.float64).view(g, 1, g, 1)
-            weights = F.interpolate(impulses, size=(n, 1), mode=self.elastic_upsample, align_corners=False)
-            extra = torch.ones(n, spatial_dims, dtype=torch.float64)
-            extra[:, axis] = torch.arange(n, dtype=torch.float64) + (0.5 - n / 2.0)
-            factor = torch.cat([weights[:, 0, :, 0].T, extra], dim=1)
-            self._factor_cache[key] = factor.to(device=device, dtype=dtype)
-        return self._factor_cache[key]
 
     def sampling_grid(
         self, params: SpatialBatchParams, spatial_shape: Sequence[int], device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """The ``grid_sample`` grid of ``params`` for images of ``spatial_shape``.
 
-        The source of centred pixel ``u`` is ``M (u + d(u)) / (n / 2)`` per axis, with ``M`` from
-        :meth:`source_matrices` and ``d`` the upsampled elastic field; both terms are separable, so the grid
-        is one matmul of per-axis factors with a small per-sample coefficient tensor (float64 on CUDA, so
-        that TF32 matmul settings cannot blur the coordinates).
+        The source of centred pixel ``u`` is ``M (u + d(u)) / (n / 2)`` per axis, with the inverse linear map
+        ``M = flip @ rot(-angle) / scale`` and ``d`` the upsampled elastic field; both terms are separable, so
+        the grid is one matmul of per-axis factors with a small per-sample coefficient tensor (float64 on CUDA,
+        so that TF32 matmul settings cannot blur the coordinates).
 
         Args:
             params: per-sample parameters (``B`` samples).
@@ -400,28 +345,36 @@ class RandSpatialBatchd(_BatchRandomizable):
         Raises:
             ValueError: when ``spatial_shape`` is not 2D or 3D.
         """
-        nd, g = len(spatial_shape), self.elastic_grid
+        shape, g = tuple(int(n) for n in spatial_shape), self.elastic_grid
+        nd = len(shape)
         if nd not in (2, 3):
             raise ValueError(f"spatial_shape must have 2 or 3 entries, got {tuple(spatial_shape)}.")
         device = torch.device(device)
         dtype = torch.float64 if device.type == "cuda" else torch.float32
         b = params.apply.shape[0]
-        sizes = torch.tensor([float(n) for n in spatial_shape], dtype=torch.float64)
+        theta = torch.deg2rad(params.angle)
+        # Snap multiples of 90 degrees, so that k*90 rotations sample exactly on pixel centres.
+        cos, sin = (torch.where(v.abs() < 1e-12, 0.0, v) for v in (torch.cos(theta), torch.sin(theta)))
+        mats = torch.eye(nd, dtype=torch.float64).repeat(b, 1, 1)
+        # rot(-angle) in (row, col) coordinates: the inverse of the forward rotation.
+        mats[:, 0, 0], mats[:, 0, 1], mats[:, 1, 0], mats[:, 1, 1] = cos, sin, -sin, cos
+        mats[:, 1, :] = mats[:, 1, :] * torch.where(params.flip, -1.0, 1.0)[:, None]
+        sizes = torch.tensor(shape, dtype=torch.float64)
         # output -> source in normalised units, rows reversed into grid_sample order (last axis first).
-        mats = (self.source_matrices(params, nd) * (2.0 / sizes)[None, :, None]).flip(1)
+        mats = (mats / params.scale[:, None, None] * (2.0 / sizes)[None, :, None]).flip(1)
         coef = torch.zeros((b, nd) + (g + nd,) * nd, dtype=torch.float64)  # [B, N, (g + N) x N]
         coarse = torch.einsum("bij,bj...->bi...", mats, params.elastic.double())
         coef[(slice(None), slice(None)) + (slice(0, g),) * nd] = coarse
         for j in range(nd):
             coef[(slice(None), slice(None)) + (g + j,) * nd] = mats[:, :, j]
         coef = coef.to(device=device, dtype=dtype, non_blocking=True)
-        factors = [self._axis_factor(int(n), axis, nd, device, dtype) for axis, n in enumerate(spatial_shape)]
+        factors = [_axis_factor(n, axis, nd, g, self.elastic_upsample, device, dtype) for axis, n in enumerate(shape)]
         if nd == 2:
             tail = torch.einsum("bcpq,wq->bpwc", coef, factors[1])  # [B, K, W, 2], small
         else:
             tail = torch.einsum("bcpqr,wq,dr->bpwdc", coef, factors[1], factors[2])  # [B, K, W, D, 3]
         grid = torch.matmul(factors[0], tail.reshape(b, tail.shape[1], -1))  # [B, H, W * (D) * N]
-        return grid.view((b,) + tuple(int(n) for n in spatial_shape) + (nd,)).to(torch.float32)
+        return grid.view((b,) + shape + (nd,)).to(torch.float32)
 
     def _validate(self, tensors: dict[Hashable, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
         name = type(self).__name__
@@ -435,17 +388,15 @@ class RandSpatialBatchd(_BatchRandomizable):
             raise ValueError(f"{name}: mode 'bicubic' supports 2D only, got spatial shape {spatial}.")
         modes = dict(zip(self.keys, self.mode))
         for key, x in tensors.items():
-            if x.is_complex():
-                raise ValueError(f"{name}: key {key!r} has complex dtype {x.dtype}; expected real values.")
             if x.ndim not in (ref.ndim, ref.ndim - 1) or x.shape[0] != batch or x.shape[-len(spatial) :] != spatial:
                 raise ValueError(
                     f"{name}: key {key!r} has shape {tuple(x.shape)}, expected [B, C, *spatial] or [B, *spatial] "
                     f"with B={batch} and spatial={spatial} (from key {ref_key!r})."
                 )
-            if not x.is_floating_point() and modes[key] != "nearest":
+            if not x.is_floating_point() and (x.is_complex() or modes[key] != "nearest"):
                 raise ValueError(
-                    f"{name}: key {key!r} has integer dtype {x.dtype} (shape {tuple(x.shape)}); "
-                    f"it needs mode 'nearest', got {modes[key]!r}."
+                    f"{name}: key {key!r} has dtype {x.dtype} (shape {tuple(x.shape)}); complex values are not "
+                    f"supported and integer ones need mode 'nearest', got {modes[key]!r}."
                 )
         return batch, spatial
 
@@ -463,9 +414,8 @@ class RandSpatialBatchd(_BatchRandomizable):
         unchanged = params.unchanged
         if bool(unchanged.all()):
             return tensors
-        device = next(iter(tensors.values())).device
-        grid = self.sampling_grid(params, spatial, device)
-        keep = unchanged.to(device=device, non_blocking=True) if bool(unchanged.any()) else None
+        grid = self.sampling_grid(params, spatial, next(iter(tensors.values())).device)
+        keep = unchanged.to(device=grid.device, non_blocking=True) if bool(unchanged.any()) else None
         modes = dict(zip(self.keys, zip(self.mode, self.padding_mode)))
         out = {}
         for key, x in tensors.items():
@@ -530,30 +480,23 @@ class RandBrightnessContrastBatchd(_BatchRandomizable):
         self.contrast = _symmetric_range("contrast", contrast, centre=1.0)
         if self.contrast[0] < 0:
             raise ValueError(f"contrast factors must be non-negative, got {self.contrast}.")
-        if clip is not None:
-            clip = tuple(float(c) for c in clip)
-            if len(clip) != 2 or clip[0] > clip[1]:
-                raise ValueError(f"clip must be None or (low, high) with low <= high, got {clip!r}.")
-        self.clip = clip
+        self.clip = None if clip is None else tuple(float(c) for c in clip)
+        if self.clip is not None and (len(self.clip) != 2 or self.clip[0] > self.clip[1]):
+            raise ValueError(f"clip must be None or (low, high) with low <= high, got {clip!r}.")
         self.per_sample = bool(per_sample)
         self.params: IntensityBatchParams | None = None
 
-    def randomize(self, data: Mapping[Hashable, Any] | torch.Tensor | int) -> None:
+    def randomize(self, batch_size: int) -> None:
         """Draw per-sample parameters into ``self.params``.
 
         Args:
-            data: the batch dictionary, one batch tensor, or the batch size.
-
-        Raises:
-            ValueError: when no batch size can be read from ``data``.
+            batch_size: number of samples ``B``.
         """
-        b = data if isinstance(data, int) else self._reference(data, range(3, 65)).shape[0]
-        n = b if self.per_sample else 1
-        apply = self._rand(b) < self.prob
-        delta = self._uniform(self.brightness, n).expand(b).clone()
-        factor = self._uniform(self.contrast, n).expand(b).clone()
+        n = batch_size if self.per_sample else 1
+        apply = self._rand(batch_size) < self.prob
+        delta = self._uniform(self.brightness, n).expand(batch_size).clone()
+        factor = self._uniform(self.contrast, n).expand(batch_size).clone()
         self.params = IntensityBatchParams(apply=apply, delta=delta, factor=factor)
-        self._do_transform = bool(apply.any())
 
     def _transform(self, tensors: dict[Hashable, torch.Tensor], randomize: bool) -> dict[Hashable, torch.Tensor]:
         name = type(self).__name__

@@ -99,11 +99,10 @@ class SelectChanneld(MapTransform):
             channel = int(d[self.channel_key])
         for key in self.key_iterator(d):
             img = d[key]
-            n_channels = img.shape[0]
-            if not 0 <= channel < n_channels:
+            if not 0 <= channel < img.shape[0]:
                 raise ValueError(
                     f"{source_name(img)}: channel {channel} requested for key {key!r}, but the image has "
-                    f"{n_channels} channel(s) (shape {tuple(img.shape)}, channel first)."
+                    f"{img.shape[0]} channel(s) (shape {tuple(img.shape)}, channel first)."
                 )
             out = img[channel : channel + 1]
             if isinstance(out, MetaTensor):
@@ -149,7 +148,6 @@ class MapLabelValuesd(MapTransform):
         self.raw_values = tuple(float(v) for v in raw_values)
         if len(self.raw_values) == 0 or len(set(self.raw_values)) != len(self.raw_values):
             raise ValueError(f"raw_values must be non-empty and unique, got {tuple(raw_values)}.")
-        # plain dicts/tuples (not tensors) keep the transform's pickle, hence the cache hash, simple
         self.aliases = {float(k): int(v) for k, v in (aliases or {}).items()}
         self.aliases_key = aliases_key
         self.dtype = dtype
@@ -268,9 +266,8 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
             raise ValueError(
                 f"{source_name(ref_img)}: expected a channel-first volume, got shape {tuple(ref_img.shape)}."
             )
-        n_spatial = ref_img.ndim - 1
         axis = slice_axis_from_spacing(self._spacing(ref_img))
-        perm = [a for a in range(n_spatial) if a != axis] + [axis]
+        perm = [a for a in range(ref_img.ndim - 1) if a != axis] + [axis]
         for key in self.key_iterator(d):
             d[key] = self._permute(d[key], perm)
             self.push_transform(d, key, extra_info={"permutation": perm})
@@ -350,9 +347,7 @@ def n4_bias_field_correction(
 
     import itk  # lazy: itk takes seconds to load
 
-    ndim = vol.ndim
-    image_type = itk.Image[itk.F, ndim]
-    mask_type = itk.Image[itk.UC, ndim]
+    image_type, mask_type = itk.Image[itk.F, vol.ndim], itk.Image[itk.UC, vol.ndim]
     itk_image = itk.image_from_array(np.ascontiguousarray(fit, dtype=np.float32))  # ITK axes = numpy axes reversed
     itk_image.SetSpacing([float(s) for s in sp[::-1]])
     if mask == "otsu":
@@ -365,8 +360,8 @@ def n4_bias_field_correction(
     if not np.any(itk.array_view_from_image(itk_mask)):
         raise ValueError(f"{name}: the N4 foreground mask is empty.")
 
-    slice_ax = slice_axis_from_spacing(sp) if ndim == 3 else -1
-    factors = [1 if ax == slice_ax else max(1, min(int(shrink_factor), vol.shape[ax])) for ax in range(ndim)]
+    slice_ax = slice_axis_from_spacing(sp) if vol.ndim == 3 else -1
+    factors = [1 if ax == slice_ax else max(1, min(int(shrink_factor), n)) for ax, n in enumerate(vol.shape)]
     # BinShrink, not ShrinkImageFilter: the latter labels its samples half a voxel off for even factors.
     small = itk.bin_shrink_image_filter(itk_image, shrink_factors=factors[::-1])
     small_mask = itk.bin_shrink_image_filter(itk_mask, shrink_factors=factors[::-1])
