@@ -8,6 +8,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,6 @@ from plc_monai.reports import write_json
 from plc_monai.runtime import is_main_process, unwrap
 
 __all__ = ["ResumeCheckpoint", "BestModelPerPhase"]
-
-_SELECTIONS = ("final_phase", "all_phases")
 
 
 class ResumeCheckpoint:
@@ -68,7 +67,6 @@ class ResumeCheckpoint:
         return (self.save_interval > 0 and event % self.save_interval == 0) or event in self.extra_iterations
 
     def _objects(self, engine: Engine | None) -> dict[str, Any]:
-        # handlers attached to the engine register their resumable state in ``engine.resumable``
         return {**getattr(engine, "resumable", {}), **self.save_dict}
 
     def save(self, engine: Engine | None = None) -> None:
@@ -94,14 +92,14 @@ class ResumeCheckpoint:
         prior_max_epochs = getattr(getattr(engine, "state", None), "max_epochs", None)
         for name, obj in objects.items():
             unwrap(obj).load_state_dict(state[name])
-        if prior_max_epochs is not None:
-            # the schedule of this run's config wins over the one stored in the checkpoint
+        if prior_max_epochs is not None:  # this run's schedule wins over the checkpoint's
             engine.state.max_epochs = prior_max_epochs
         iteration = getattr(getattr(engine, "state", None), "iteration", "?")
         self.logger.info(f"resumed from {self.path} at iteration {iteration}")
         return True
 
 
+@dataclass(eq=False)
 class BestModelPerPhase:
     """Keep the best validation model of each training phase and of each pseudo-labeling round.
 
@@ -121,24 +119,18 @@ class BestModelPerPhase:
             rounds), or ``"all_phases"``, the best over every phase, warm-up included.
     """
 
-    def __init__(
-        self,
-        evaluator: Any,
-        network: torch.nn.Module,
-        save_dir: str | os.PathLike,
-        metric_name: str = "val_mean_dice",
-        final_filename: str = "model.pt",
-        selection: str = "final_phase",
-    ) -> None:
-        if selection not in _SELECTIONS:
-            raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}.")
-        self.evaluator = evaluator
+    evaluator: Any
+    network: torch.nn.Module
+    save_dir: str | os.PathLike
+    metric_name: str = "val_mean_dice"
+    final_filename: str = "model.pt"
+    selection: str = "final_phase"
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("final_phase", "all_phases"):
+            raise ValueError(f"selection must be 'final_phase' or 'all_phases', got {self.selection!r}.")
+        self.save_dir = Path(self.save_dir)
         self.trainer: Any = None
-        self.network = network
-        self.save_dir = Path(save_dir)
-        self.metric_name = metric_name
-        self.final_filename = final_filename
-        self.selection = selection
         self.best: dict[str, dict[str, float]] = {}
         self.rounds: dict[str, dict[str, float]] = {}
         self.shipped: dict[str, Any] | None = None

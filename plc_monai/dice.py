@@ -1,11 +1,6 @@
-"""A Dice loss that ``torch.compile(fullgraph=True)`` and CUDA graphs can capture.
-
-MONAI's ``DiceLoss`` computes its reduction axes with ``torch.arange(2, ndim).tolist()`` on every call,
-which is a graph break for ``torch.compile``: the compiled training step (``compile_step``) would
-split into several graphs around it, with a CPU tensor in the first. :class:`GraphSafeDiceLoss` is the
-one configuration the bundles use, ``DiceLoss(include_background=True, to_onehot_y=True,
-softmax=True)``, with the same value and gradient and reduction axes that are Python constants.
-"""
+"""A Dice loss that ``torch.compile(fullgraph=True)`` and CUDA graphs can capture, with the value and gradient of
+MONAI's ``DiceLoss(include_background=True, to_onehot_y=True, softmax=True)``, whose reduction axes come from
+``.tolist()``, a graph break (``docs/performance.md``)."""
 
 from __future__ import annotations
 

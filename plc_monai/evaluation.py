@@ -1,16 +1,14 @@
-"""Segmentation evaluation: per-class Dice for validation, per-structure Dice/HD95/ASD in mm for test volumes.
-
-:func:`dice_per_class` runs on the tensors' device with one ``bincount``; :func:`evaluate_volume`, :func:`summarise`,
-:func:`write_reports` and :class:`VolumeMetricsWriter` score volumes at native resolution (``docs/evaluation.md``).
-"""
+"""Segmentation evaluation: per-class Dice for validation (on the device), per-structure Dice/HD95/ASD in mm
+for test volumes at native resolution (``docs/evaluation.md``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,24 +16,17 @@ from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from monai.transforms.utils import generate_spatial_bounding_box
-from monai.utils import IgniteInfo, min_version, optional_import
+
+from plc_monai._ignite import Engine, Events
 from plc_monai.atomic_files import atomic_write_text
 from plc_monai.reports import csv_text, format_mean_std, markdown_table, mean_std, write_json
 
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-
 __all__ = [
-    "STATUS_OK", "STATUS_MISSING_IN_PREDICTION", "STATUS_MISSING_IN_REFERENCE", "STATUS_ABSENT_IN_BOTH", "ROW_FIELDS",
-    "dice_per_class", "evaluate_volume", "summarise", "write_reports", "VolumeMetricsWriter",
+    "STATUSES", "ROW_FIELDS", "dice_per_class", "evaluate_volume", "summarise", "write_reports", "VolumeMetricsWriter"
 ]
 
-STATUS_OK = "ok"
-STATUS_MISSING_IN_PREDICTION = "missing_in_prediction"
-STATUS_MISSING_IN_REFERENCE = "missing_in_reference"
-STATUS_ABSENT_IN_BOTH = "absent_in_both"
-STATUSES = (STATUS_OK, STATUS_MISSING_IN_PREDICTION, STATUS_MISSING_IN_REFERENCE, STATUS_ABSENT_IN_BOTH)
+#: Values of a row's ``status`` (``docs/evaluation.md``).
+STATUSES = ("ok", "missing_in_prediction", "missing_in_reference", "absent_in_both")
 
 #: Keys of one row returned by :func:`evaluate_volume`, in the order of ``per_volume.csv``.
 ROW_FIELDS = (
@@ -43,29 +34,30 @@ ROW_FIELDS = (
 )
 
 
-def _as_label_tensor(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as an int64 tensor on its device; reject non-integral floats."""
-    if isinstance(x, MetaTensor):
-        x = x.as_tensor()
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a numpy array or torch tensor of class indices, got {type(x).__name__}.")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected a label map.")
-    if x.is_complex():
-        raise ValueError(f"{name} has complex dtype {x.dtype}; expected integer class indices.")
-    if x.is_floating_point() and not bool(torch.equal(x, torch.round(x))):
-        raise ValueError(f"{name} holds non-integer values; expected a label map of class indices.")
-    return x.long()
-
-
-def _label_pair(pred: Any, target: Any, target_name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _label_pair(
+    pred: Any, target: Any, target_name: str, num_classes: int, include_background: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Both label maps as int64 tensors on ``pred``'s device; same shape, labels in ``[0, num_classes - 1]``."""
-    p, t = _as_label_tensor(pred, "pred"), _as_label_tensor(target, target_name)
+    if num_classes < (1 if include_background else 2):
+        raise ValueError(
+            f"num_classes={num_classes} leaves no class to score (include_background={include_background})."
+        )
+    pair = []
+    for x, name in ((pred, "pred"), (target, target_name)):
+        x = x.as_tensor() if isinstance(x, MetaTensor) else x
+        x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a numpy array or torch tensor of class indices, got {type(x).__name__}.")
+        if x.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected a label map.")
+        if x.is_complex():
+            raise ValueError(f"{name} has complex dtype {x.dtype}; expected integer class indices.")
+        if x.is_floating_point() and not bool(torch.equal(x, torch.round(x))):
+            raise ValueError(f"{name} holds non-integer values; expected a label map of class indices.")
+        pair.append(x.long())
+    p, t = pair
     if p.shape != t.shape:
         raise ValueError(f"pred and {target_name} must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}.")
-    t = t.to(p.device)
     for x, name in ((p, "pred"), (t, target_name)):
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= num_classes:
@@ -73,7 +65,7 @@ def _label_pair(pred: Any, target: Any, target_name: str, num_classes: int) -> t
                 f"{name} holds labels in [{lo}, {hi}]; expected class indices in [0, {num_classes - 1}] "
                 f"for num_classes={num_classes}."
             )
-    return p, t
+    return p, t.to(p.device)
 
 
 def dice_per_class(
@@ -103,11 +95,7 @@ def dice_per_class(
     Raises:
         ValueError: for mismatched or wrong shapes, no class to score, or labels outside ``[0, num_classes - 1]``.
     """
-    if num_classes < (1 if include_background else 2):
-        raise ValueError(
-            f"num_classes={num_classes} leaves no class to score (include_background={include_background})."
-        )
-    p, t = _label_pair(pred, target, "target", num_classes)
+    p, t = _label_pair(pred, target, "target", num_classes, include_background)
     if p.ndim == spatial_dims:
         p, t = p.unsqueeze(0), t.unsqueeze(0)
     elif p.ndim == spatial_dims + 2 and p.shape[1] == 1:
@@ -122,13 +110,12 @@ def dice_per_class(
     # one bin per (volume, class): index = b * C + k
     offset = torch.arange(batch, device=p.device).unsqueeze(1) * num_classes
     p_idx, t_idx = (x.reshape(batch, -1) + offset for x in (p, t))
-    n_bins = batch * num_classes
-    counts_pred = torch.bincount(p_idx.reshape(-1), minlength=n_bins)
-    counts_target = torch.bincount(t_idx.reshape(-1), minlength=n_bins)
-    counts_inter = torch.bincount(t_idx[p_idx == t_idx], minlength=n_bins)
-
-    denom = (counts_pred + counts_target).view(batch, num_classes)
-    dice = (2.0 * counts_inter.view(batch, num_classes).double() / denom.double()).float()  # 0/0 -> NaN
+    counts_pred, counts_target, counts_inter = (
+        torch.bincount(x, minlength=batch * num_classes).view(batch, num_classes)
+        for x in (p_idx.reshape(-1), t_idx.reshape(-1), t_idx[p_idx == t_idx])
+    )
+    denom = counts_pred + counts_target
+    dice = (2.0 * counts_inter.double() / denom.double()).float()  # 0/0 -> NaN
     present = denom > 0
     if not include_background:
         dice, present = dice[:, 1:], present[:, 1:]
@@ -163,16 +150,13 @@ def evaluate_volume(
         ValueError: for mismatched shapes, bad spacing, no class to score, or labels outside the classes.
     """
     num_classes = len(class_names)
-    if num_classes < (1 if include_background else 2):
-        raise ValueError(f"class_names {list(class_names)!r} leaves no class to score.")
     values = torch.as_tensor(spacing, dtype=torch.float64).detach().cpu()
     # Python floats (MONAI rejects a list mixing int and float); a single number is isotropic 3D spacing
     spacing_mm = values.reshape(-1).repeat(3 if values.ndim == 0 else 1).tolist()
     if not all(np.isfinite(v) and v > 0 for v in spacing_mm):
         raise ValueError(f"spacing {spacing!r} must hold positive finite millimetre values.")
     spatial_dims = len(spacing_mm)
-    p, t = _label_pair(pred, label, "label", num_classes)
-    p, t = p.cpu(), t.cpu()
+    p, t = (x.cpu() for x in _label_pair(pred, label, "label", num_classes, include_background))
     if p.ndim == spatial_dims + 1 and p.shape[0] == 1:
         p, t = p[0], t[0]
     if p.ndim != spatial_dims:
@@ -181,22 +165,20 @@ def evaluate_volume(
             f"{spatial_dims} spatial axes (one per spacing value)."
         )
 
-    counts_pred = torch.bincount(p.reshape(-1), minlength=num_classes).tolist()
-    counts_ref = torch.bincount(t.reshape(-1), minlength=num_classes).tolist()
+    counts_pred, counts_ref = (torch.bincount(x.reshape(-1), minlength=num_classes).tolist() for x in (p, t))
 
     rows = []
-    # One class at a time, cropped to the bounding box of its two masks (Dice and distances do not
-    # change): memory stays at one mask pair even for large CT volumes.
+    # one class at a time, cropped to the bounding box of its two masks: memory stays at one mask pair
     for k in range(0 if include_background else 1, num_classes):
         n_ref, n_pred = int(counts_ref[k]), int(counts_pred[k])
-        defaults = (str(class_names[k]), k, STATUS_OK, 0.0, None, None, n_ref, n_pred)
+        defaults = (str(class_names[k]), k, "ok", 0.0, None, None, n_ref, n_pred)
         row: dict[str, Any] = dict(zip(ROW_FIELDS, defaults))
         if n_ref == 0 and n_pred == 0:
-            row["status"], row["dice"] = STATUS_ABSENT_IN_BOTH, float("nan")
+            row["status"], row["dice"] = "absent_in_both", float("nan")
         elif n_pred == 0:
-            row["status"] = STATUS_MISSING_IN_PREDICTION
+            row["status"] = "missing_in_prediction"
         elif n_ref == 0:
-            row["status"] = STATUS_MISSING_IN_REFERENCE
+            row["status"] = "missing_in_reference"
         else:
             mask_p, mask_t = p == k, t == k
             start, end = generate_spatial_bounding_box((mask_p | mask_t)[None])
@@ -258,7 +240,7 @@ def summarise(
                     f"volume {vol!r}, class {k}: unknown status {row['status']!r}; expected one of {STATUSES}."
                 )
             by_class.setdefault(k, []).append(row)
-            if k > 0 and row["status"] != STATUS_ABSENT_IN_BOTH:
+            if k > 0 and row["status"] != "absent_in_both":
                 fg.append(float(row["dice"]))
         per_volume[str(vol)] = float(np.mean(fg)) if fg else None
 
@@ -268,8 +250,8 @@ def summarise(
         rows = by_class[k]
         entry: dict[str, Any] = {"structure": str(class_names[k]), "class_index": k, "n_volumes": len(rows)}
         entry.update({f"n_{status}": sum(r["status"] == status for r in rows) for status in STATUSES})
-        defined = [r for r in rows if r["status"] != STATUS_ABSENT_IN_BOTH]
-        ok = [r for r in rows if r["status"] == STATUS_OK]
+        defined = [r for r in rows if r["status"] != "absent_in_both"]
+        ok = [r for r in rows if r["status"] == "ok"]
         for key, source in (("dice", defined), ("hd95_mm", ok), ("asd_mm", ok)):
             entry.update(zip((f"{key}_mean", f"{key}_std", f"{key}_n"), mean_std([r[key] for r in source], ddof)))
         structures.append(entry)
@@ -320,7 +302,7 @@ def write_reports(
     table = []
     for s in summary["structures"]:
         spreads = [format_mean_std(s[f"{key}_mean"], s[f"{key}_std"], d) for key, d in digits.items()]
-        table.append([s["structure"], *spreads, f"{s[f'n_{STATUS_MISSING_IN_PREDICTION}']}/{s['n_volumes']}"])
+        table.append([s["structure"], *spreads, f"{s['n_missing_in_prediction']}/{s['n_volumes']}"])
     head = summary.get("mean_foreground_dice", {})
     lines = [
         f"# Segmentation metrics ({summary.get('n_volumes', len(rows_by_volume))} volumes)",
@@ -348,6 +330,7 @@ def _first(value: Any) -> Any:
     return value
 
 
+@dataclass(eq=False)
 class VolumeMetricsWriter:
     """Ignite handler: per-structure metrics of every evaluated volume, reports at the end.
 
@@ -377,43 +360,32 @@ class VolumeMetricsWriter:
         ValueError: for an unknown ``write_event``.
     """
 
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        class_names: Sequence[str],
-        include_background: bool = False,
-        pred_key: str = "pred",
-        label_key: str = "label",
-        image_key: str = "image",
-        id_key: str = "id",
-        spacing: Sequence[float] | None = None,
-        prefix: str = "",
-        write_event: str = "EPOCH_COMPLETED",
-        ddof: int = 0,
-        name: str | None = None,
-    ) -> None:
-        if write_event not in ("EPOCH_COMPLETED", "COMPLETED"):
-            raise ValueError(f"write_event must be 'EPOCH_COMPLETED' or 'COMPLETED', got {write_event!r}.")
-        self.output_dir = Path(output_dir)
-        self.class_names = tuple(str(c) for c in class_names)
-        self.include_background = include_background
-        self.pred_key = pred_key
-        self.label_key = label_key
-        self.image_key = image_key
-        self.id_key = id_key
-        self.spacing = spacing
-        self.prefix = prefix
-        self.write_event = write_event
-        self.ddof = ddof
-        self.logger = logging.getLogger(name)
-        self._name = name
+    output_dir: str | os.PathLike
+    class_names: Sequence[str]
+    include_background: bool = False
+    pred_key: str = "pred"
+    label_key: str = "label"
+    image_key: str = "image"
+    id_key: str = "id"
+    spacing: Sequence[float] | None = None
+    prefix: str = ""
+    write_event: str = "EPOCH_COMPLETED"
+    ddof: int = 0
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.write_event not in ("EPOCH_COMPLETED", "COMPLETED"):
+            raise ValueError(f"write_event must be 'EPOCH_COMPLETED' or 'COMPLETED', got {self.write_event!r}.")
+        self.output_dir = Path(self.output_dir)
+        self.class_names = tuple(str(c) for c in self.class_names)
+        self.logger = logging.getLogger(self.name)
         self.rows_by_volume: dict[str, list[dict]] = {}
         self.summary: dict | None = None
         self.report_paths: dict[str, Path] = {}
 
     def attach(self, engine: Engine) -> None:
         """Register on ``EPOCH_STARTED`` (reset), ``ITERATION_COMPLETED`` (score) and the write event."""
-        if self._name is None:
+        if self.name is None:
             self.logger = engine.logger
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -431,11 +403,8 @@ class VolumeMetricsWriter:
             ValueError: when an item lacks the prediction or reference, has no spacing, or repeats a
                 volume id already scored in this epoch.
         """
-        outputs, batch = engine.state.output, engine.state.batch
-        if isinstance(outputs, Mapping):  # evaluator built with decollate=False
-            outputs = decollate_batch(outputs)
-        if isinstance(batch, Mapping):
-            batch = decollate_batch(batch)
+        state = engine.state  # output and batch are dicts when the evaluator was built with decollate=False
+        outputs, batch = (decollate_batch(x) if isinstance(x, Mapping) else x for x in (state.output, state.batch))
         if not isinstance(outputs, Sequence):
             raise ValueError(f"engine.state.output is a {type(outputs).__name__}; expected a dict or a list of dicts.")
         batch = batch if isinstance(batch, Sequence) and len(batch) == len(outputs) else [{}] * len(outputs)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
-from monai.handlers import from_engine
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric
-from monai.utils import optional_import
-
-Metric, _ = optional_import("ignite.metrics", name="Metric")
-reinit__is_reduced, _ = optional_import("ignite.metrics.metric", name="reinit__is_reduced")
 
 __all__ = ["StructureDice"]
 
 
-class StructureDice(Metric):
+class StructureDice(IgniteMetricHandler):
     """Dice of every foreground structure, averaged over the validation volumes.
 
     Each structure is a ``{prefix}{name}`` scalar in ``engine.state.metrics``; volumes where it is absent
@@ -27,7 +22,6 @@ class StructureDice(Metric):
         output_transform: maps the engine output to ``(pred, label)``, each a list of one-hot
             ``[C, *spatial]`` tensors. Defaults to ``from_engine(["pred", "label"])``.
         prefix: prefix of the metric names.
-        device: device of the metric's state.
     """
 
     def __init__(
@@ -35,22 +29,13 @@ class StructureDice(Metric):
         class_names: Sequence[str],
         output_transform: Callable = from_engine(["pred", "label"]),
         prefix: str = "val_dice_",
-        device: str | torch.device = "cpu",
     ) -> None:
         self.class_names = list(class_names)
         self.prefix = prefix
-        self._dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-        super().__init__(output_transform=output_transform, device=device)
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._dice.reset()
-
-    @reinit__is_reduced
-    def update(self, output: Any) -> None:
-        self._dice(y_pred=output[0], y=output[1])
+        dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+        super().__init__(metric_fn=dice, output_transform=output_transform, save_details=False)
 
     def compute(self) -> dict[str, float]:
-        scores = self._dice.aggregate()  # [volumes, C - 1], NaN where a structure is absent from both
+        scores = self.metric_fn.aggregate()  # [volumes, C - 1], NaN where a structure is absent from both
         means = torch.nanmean(scores.float(), dim=0)
         return {f"{self.prefix}{name}": float(v) for name, v in zip(self.class_names[1:], means)}

@@ -76,7 +76,6 @@ class DegenerateBatchMonitor:
         engine.add_event_handler(Events.STARTED, self.check_labeled_pool)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
 
-    # --- reporting -------------------------------------------------------------------------------
     def _report(self, engine: Engine, condition: str, message: str) -> None:
         self.counts[condition] += 1
         if condition not in self.warned:
@@ -89,7 +88,6 @@ class DegenerateBatchMonitor:
         absent = (present[1:] == 0).nonzero().flatten().cpu().tolist()
         return [self.class_names[k + 1] for k in absent]
 
-    # --- checks ----------------------------------------------------------------------------------
     def check_labeled_pool(self, engine: Engine) -> None:
         """Structures absent from every labeled slice of the training set."""
         labels = getattr(getattr(engine, "labeled", None), "labels", None)
@@ -116,29 +114,22 @@ class DegenerateBatchMonitor:
         if store is not None and len(store) and store.version != self._checked_version:
             self._checked_version = store.version
             self._check_pseudo_labels(engine, store, iteration)
-        output = engine.state.output if isinstance(engine.state.output, dict) else {}
-        loss = output.get("loss")
+        loss = engine.state.output.get("loss") if isinstance(engine.state.output, dict) else None
         if torch.is_tensor(loss) and not bool(torch.isfinite(loss).all()):
             self._report(engine, "non_finite_loss", f"iteration {iteration}: the loss is {float(loss.float().mean())}")
 
     def _check_pseudo_labels(self, engine: Engine, store: Any, iteration: int) -> None:
-        foreground = (store.labels > 0).flatten(1).sum(1)  # [N] foreground pixels per slice
-        vol = store.volume_index
-        num_volumes = int(vol.max()) + 1
-        per_volume = torch.zeros(num_volumes, dtype=foreground.dtype, device=foreground.device)
-        per_volume.index_add_(0, vol, foreground)
-        present = torch.zeros(num_volumes, dtype=torch.bool, device=vol.device)
-        present[vol] = True  # volume indices that hold slices
-        empty, total = int(((per_volume == 0) & present).sum()), int(present.sum())
-        if empty == 0:
-            return
+        has_slices = torch.bincount(store.volume_index) > 0
+        foreground = store.volume_index[(store.labels > 0).flatten(1).any(1)]  # volume of each slice with foreground
+        empty = int((has_slices & (torch.bincount(foreground, minlength=len(has_slices)) == 0)).sum())
+        total = int(has_slices.sum())
         if empty == total:
             self._report(
                 engine, "pseudo_background_all",
                 f"iteration {iteration}: the pseudo-labels of refresh {store.version} are background everywhere; "
                 "the contrastive loss gets no foreground anchors from unlabeled slices",
             )
-        else:
+        elif empty:
             self._report(
                 engine, "pseudo_background_volumes",
                 f"iteration {iteration}: {empty} of {total} unlabeled volume(s) have all-background pseudo-labels "

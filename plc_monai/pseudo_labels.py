@@ -57,10 +57,6 @@ class PseudoLabelStore:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    @property
-    def device(self) -> torch.device:
-        return self.labels.device
-
     def update(self, new_labels: torch.Tensor, keep: torch.Tensor | None = None) -> float:
         """Overwrite the labels in place and return the fraction of pixels whose label changed.
 
@@ -75,10 +71,10 @@ class PseudoLabelStore:
             raise ValueError(
                 f"pseudo-label update has shape {list(new_labels.shape)}, the store holds {list(self.labels.shape)}."
             )
-        new_labels = new_labels.to(device=self.device, dtype=torch.uint8)
+        new_labels = new_labels.to(device=self.labels.device, dtype=torch.uint8)
         changed = 1.0 if self.version == 0 else float((new_labels != self.labels).float().mean())
         self.labels.copy_(new_labels)
-        self.keep.copy_(torch.ones_like(self.keep) if keep is None else keep.to(self.device, torch.bool))
+        self.keep.copy_(torch.ones_like(self.keep) if keep is None else keep.to(self.labels.device, torch.bool))
         self.version += 1
         return changed
 
@@ -92,8 +88,8 @@ class PseudoLabelStore:
                 f"checkpoint pseudo-labels have shape {list(labels.shape)}, this run expects {list(self.labels.shape)}; "
                 "was the checkpoint written for another dataset, split or crop size?"
             )
-        self.labels.copy_(labels.to(self.device))
-        self.keep.copy_(torch.as_tensor(state["keep"]).to(self.device))
+        self.labels.copy_(labels)
+        self.keep.copy_(torch.as_tensor(state["keep"]))
         self.version = int(state["version"])
 
 

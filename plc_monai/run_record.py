@@ -1,8 +1,4 @@
-"""The record of what a run used: ``<output_dir>/run_info.json`` (seed, split choice, versions, command lines).
-
-Called from the ``initialize`` list of ``bundles/*/configs/train.json`` after the start-up checks of
-:mod:`plc_monai.config_checks`; the split's ids are in ``split.json`` next to it.
-"""
+"""The record of what a run used: ``<output_dir>/run_info.json`` (seed, split choice, versions, command lines)."""
 
 from __future__ import annotations
 
