@@ -9,18 +9,9 @@ from typing import Any
 from plc_monai.data.readers import read_datalist
 from plc_monai.data import splits
 
-__all__ = ["split_datalists", "SETTING_SIZES"]
+__all__ = ["split_datalists"]
 
-SETTING_SIZES = {"tr1": 1, "tr2": 2, "tr8": 8}
 _PARTS = ("labeled", "validation", "unlabeled", "test")
-
-
-def _num_labeled(setting: str) -> int:
-    if setting in SETTING_SIZES:
-        return SETTING_SIZES[setting]
-    if setting.startswith("tr") and setting[2:].isdigit() and int(setting[2:]) > 0:
-        return int(setting[2:])
-    raise ValueError(f"setting {setting!r} is not of the form 'trN' (N labeled volumes), e.g. 'tr1', 'tr2', 'tr8'.")
 
 
 def split_datalists(
@@ -70,12 +61,16 @@ def split_datalists(
             )
         chosen = splits.load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
     elif split == "random":
+        if not (setting.startswith("tr") and setting[2:].isdigit() and int(setting[2:]) > 0):
+            raise ValueError(
+                f"setting {setting!r} is not of the form 'trN' (N labeled volumes), e.g. 'tr1', 'tr2', 'tr8'."
+            )
         # several entries of one patient (ACDC ED + ES frames) stay on the same side of the split
         groups: dict[str, list[str]] = {}
         for e in datalist:
             groups.setdefault(str(e.get("patient", e["id"])), []).append(e["id"])
         by_patient = splits.random_split(
-            list(groups), _num_labeled(setting), num_validation=num_validation,
+            list(groups), int(setting[2:]), num_validation=num_validation,
             num_test=test_fraction if test_fraction > 0 else None, seed=seed,
         )
         chosen = splits.Split(

@@ -21,18 +21,14 @@ class InferenceInputError(ValueError):
 
 def _check(path: Path, num_channels: int | None) -> str | None:
     """A problem with ``path`` or ``None``: readable NIfTI, 3D (or 4D with ``num_channels``+ channels last)."""
-    if not path.exists():
-        return f"{path}: no such file"
     try:
         shape = load_volume(str(path))[0].shape  # the whole file: a cut-off .nii.gz keeps a valid header
     except ValueError as e:
         return str(e)
-    if len(shape) == 3:
+    if len(shape) == 3 or (len(shape) == 4 and num_channels is not None and shape[3] >= num_channels):
         return None
     if len(shape) == 4 and num_channels is not None:
-        if shape[3] < num_channels:
-            return f"{path}: has {shape[3]} channel(s) on its 4th axis, expected at least {num_channels}"
-        return None
+        return f"{path}: has {shape[3]} channel(s) on its 4th axis, expected at least {num_channels}"
     expected = "a 3D volume" + (f" or a 4D volume with {num_channels}+ channels last" if num_channels else "")
     return f"{path}: shape {tuple(shape)} is not {expected}"
 

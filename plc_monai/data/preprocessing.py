@@ -113,13 +113,9 @@ class AtomicPersistentDataset(PersistentDataset):
                 warnings.warn(f"unreadable cache file {hashfile} ({e}); recomputing it.", stacklevel=2)
                 hashfile.unlink(missing_ok=True)
         result = self._pre_transform(deepcopy(item_transformed))
+        tensors = convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta)
+        module = look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD)
         atomic_write(
-            hashfile,
-            lambda f: torch.save(
-                convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta),
-                f,
-                pickle_module=look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD),
-                pickle_protocol=self.pickle_protocol,
-            ),
+            hashfile, lambda f: torch.save(tensors, f, pickle_module=module, pickle_protocol=self.pickle_protocol)
         )
         return result

@@ -1,9 +1,6 @@
-"""Readers for the official download layouts of ACDC, MSD Task05 Prostate and MM-WHS MRI.
+"""Readers for the official download layouts of ACDC, MSD Task05 Prostate and MM-WHS MRI, and for any folder.
 
-Each reader turns a dataset folder into a MONAI datalist: dicts sorted by ``id`` with absolute ``image`` and
-``label`` paths plus metadata. Layout checks always run; volume checks (:func:`validate_entry`) run with
-``validate=True``. All problems of a folder are raised together in one :class:`DatasetLayoutError` (when any
-layout problem exists) or :class:`VolumeValidationError`; docs/data.md lists the checks.
+Each reader turns a dataset folder into a MONAI datalist sorted by ``id``; docs/data.md lists the checks.
 """
 
 from __future__ import annotations
@@ -14,38 +11,18 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from os.path import abspath
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from plc_monai.data.specs import ACDC, MMWHS, PROSTATE, DatasetSpec
-from plc_monai.data.validation import (
-    VolumeValidationError,
-    allowed_label_values,
-    load_volume,
-    validate_datalist,
-    validate_entry,
-)
+from plc_monai.data.validation import VolumeValidationError, validate_datalist, validate_entry
 
 __all__ = [
-    "DatasetLayoutError",
-    "DatasetNotFoundError",
-    "VolumeValidationError",
-    "MMWHS_LABEL_ALIASES",
-    "ACDC_LAYOUT",
-    "PROSTATE_LAYOUT",
-    "MMWHS_LAYOUT",
-    "FOLDER_LAYOUT",
-    "read_acdc",
-    "read_prostate",
-    "read_mmwhs",
-    "read_folder",
-    "read_datalist",
-    "validate_entry",
-    "validate_datalist",
-    "allowed_label_values",
-    "alias_classes",
-    "load_volume",
+    "DatasetLayoutError", "DatasetNotFoundError", "VolumeValidationError", "validate_entry", "alias_classes",
+    "ACDC_LAYOUT", "PROSTATE_LAYOUT", "MMWHS_LAYOUT", "FOLDER_LAYOUT", "MMWHS_LABEL_ALIASES",
+    "read_acdc", "read_prostate", "read_mmwhs", "read_folder", "read_datalist",
 ]
 
 
@@ -94,10 +71,6 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _abs(path: Path) -> str:
-    return os.path.abspath(path)
-
-
 def _scan(folder: Path, pattern: re.Pattern[str], key: Callable[[re.Match[str]], Any]) -> dict[Any, Path]:
     """``{key(match): path}`` of the visible files of ``folder`` whose names match ``pattern``."""
     return {key(m): f for f in folder.iterdir() if (m := pattern.match(f.name)) and _visible(f)}
@@ -105,8 +78,6 @@ def _scan(folder: Path, pattern: re.Pattern[str], key: Callable[[re.Match[str]],
 
 def _detect_layout(folder: Path) -> str | None:
     """Name the dataset layout ``folder`` looks like, or ``None`` when it matches none."""
-    if not folder.is_dir():
-        return None
     names = {p.name for p in folder.iterdir() if _visible(p)}
     sub = folder / "training"
     if any(_ACDC_PATIENT.match(n) for n in names) or (
@@ -128,18 +99,18 @@ def _detect_layout(folder: Path) -> str | None:
 def _layout_error(what: str, root: Path, layout: str) -> DatasetLayoutError:
     """Build the error raised when ``root`` holds no case of the expected layout."""
     if not any(_visible(p) for p in root.iterdir()):
-        return DatasetLayoutError(f"{what}: the folder {_abs(root)} is empty; {layout}")
+        return DatasetLayoutError(f"{what}: the folder {abspath(root)} is empty; {layout}")
     detected = _detect_layout(root)
     hint = f"; the folder looks like {detected}" if detected else ""
-    return DatasetLayoutError(f"{what} in {_abs(root)}{hint}; {layout}")
+    return DatasetLayoutError(f"{what} in {abspath(root)}{hint}; {layout}")
 
 
 def _require_dir(path: str | os.PathLike, layout: str) -> Path:
     root = Path(path).expanduser()
     if not root.exists():
-        raise DatasetNotFoundError(f"dataset folder {_abs(root)} does not exist; {layout}")
+        raise DatasetNotFoundError(f"dataset folder {abspath(root)} does not exist; {layout}")
     if not root.is_dir():
-        raise DatasetLayoutError(f"dataset path {_abs(root)} is a file, not a folder; {layout}")
+        raise DatasetLayoutError(f"dataset path {abspath(root)} is a file, not a folder; {layout}")
     return root
 
 
@@ -148,11 +119,11 @@ def _unpaired(
 ) -> list[str]:
     """One problem per image without label and label without image; ``*_name(key)`` names the missing file."""
     problems = [
-        f"{_abs(images[k])}: image without label (expected {label_name(k)})"
+        f"{abspath(images[k])}: image without label (expected {label_name(k)})"
         for k in sorted(images.keys() - labels.keys())
     ]
     return problems + [
-        f"{_abs(labels[k])}: label without image (expected {image_name(k)})"
+        f"{abspath(labels[k])}: label without image (expected {image_name(k)})"
         for k in sorted(labels.keys() - images.keys())
     ]
 
@@ -160,19 +131,14 @@ def _unpaired(
 def _entries(images: dict[str, Path], labels: dict[str, Path], dataset: str, **extra: Any) -> list[dict[str, Any]]:
     """One entry ``{"image", "label", "id", "dataset", **extra}`` per case with both files, sorted by id."""
     return [
-        {"image": _abs(images[c]), "label": _abs(labels[c]), "id": c, "dataset": dataset, **copy.deepcopy(extra)}
+        {"image": abspath(images[c]), "label": abspath(labels[c]), "id": c, "dataset": dataset, **copy.deepcopy(extra)}
         for c in sorted(images.keys() & labels.keys())
     ]
 
 
 def _finish(
-    root: Path,
-    entries: list[dict[str, Any]],
-    layout_problems: list[str],
-    layout: str,
-    validate: bool,
-    spec: DatasetSpec | None,
-    label_values: Iterable[int] | None = None,
+    root: Path, entries: list[dict[str, Any]], layout_problems: list[str], layout: str, validate: bool,
+    spec: DatasetSpec | None, label_values: Iterable[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Validate ``entries`` if asked and return them, or raise one error (layout problems decide its class)."""
     problems = layout_problems + (validate_datalist(entries, spec, label_values=label_values) if validate else [])
@@ -180,8 +146,8 @@ def _finish(
         return entries
     body = "\n".join(f"  - {p}" for p in problems)
     if layout_problems:
-        raise DatasetLayoutError(f"{len(problems)} problem(s) in dataset folder {_abs(root)} ({layout}):\n{body}")
-    raise VolumeValidationError(f"{len(problems)} invalid volume(s) in dataset folder {_abs(root)}:\n{body}")
+        raise DatasetLayoutError(f"{len(problems)} problem(s) in dataset folder {abspath(root)} ({layout}):\n{body}")
+    raise VolumeValidationError(f"{len(problems)} invalid volume(s) in dataset folder {abspath(root)}:\n{body}")
 
 
 def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Mapping[int, int]) -> dict[int, int]:
@@ -194,9 +160,8 @@ def alias_classes(spec: DatasetSpec, label_aliases: Iterable[Sequence[int]] | Ma
     Raises:
         ValueError: an alias target that is not one of the spec's raw values.
     """
-    pairs = label_aliases.items() if isinstance(label_aliases, Mapping) else label_aliases
     out = {}
-    for raw, target in pairs:
+    for raw, target in dict(label_aliases).items():
         if int(target) not in spec.label_map:
             known = list(spec.label_map)
             raise ValueError(f"label alias {raw} -> {target}: {target} is not a {spec.name} label value {known}")
@@ -209,7 +174,7 @@ _ACDC_FRAMES = {"ed": ("ED",), "es": ("ES",), "ed+es": ("ED", "ES")}
 
 def _read_info_cfg(path: Path) -> tuple[dict[str, int], dict[str, Any]]:
     """Phase -> frame number and the optional patient metadata of an ACDC ``Info.cfg`` (``Key: value`` lines)."""
-    where = _abs(path)
+    where = abspath(path)
     if not path.is_file():
         raise ValueError(f"{where}: missing; it gives the ED and ES frame numbers")
     try:
@@ -285,21 +250,14 @@ def read_acdc(dataset_dir: str | os.PathLike, frames: str = "ed", validate: bool
         for phase in phases_wanted:
             frame = phases[phase]
             if frame not in images and frame not in labels:  # otherwise reported as unpaired above
-                missing = _abs(folder / name.format(frame, ""))
+                missing = abspath(folder / name.format(frame, ""))
                 layout_problems.append(f"{missing}: {phase} frame {frame} (from Info.cfg) is missing")
             if frame in images and frame in labels:
-                entries.append(
-                    {
-                        "image": _abs(images[frame]),
-                        "label": _abs(labels[frame]),
-                        "id": number if len(phases_wanted) == 1 else f"{number}_{phase}",
-                        "patient": number,
-                        "dataset": ACDC.name,
-                        "frame": frame,
-                        "phase": phase,
-                        **meta,
-                    }
-                )
+                case = number if len(phases_wanted) == 1 else f"{number}_{phase}"
+                entries.append({
+                    "image": abspath(images[frame]), "label": abspath(labels[frame]), "id": case, "patient": number,
+                    "dataset": ACDC.name, "frame": frame, "phase": phase, **meta,
+                })
     entries.sort(key=lambda e: e["id"])
     return _finish(root, entries, layout_problems, ACDC_LAYOUT, validate, ACDC)
 
@@ -333,7 +291,7 @@ def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bo
     if not images_dir.is_dir():
         raise _layout_error("no imagesTr folder found", root, PROSTATE_LAYOUT)
     if not labels_dir.is_dir():
-        raise DatasetLayoutError(f"{_abs(labels_dir)} does not exist; {PROSTATE_LAYOUT}")
+        raise DatasetLayoutError(f"{abspath(labels_dir)} does not exist; {PROSTATE_LAYOUT}")
 
     layout_problems: list[str] = []
     channel_name = {0: "T2", 1: "ADC"}[channel]
@@ -342,7 +300,7 @@ def read_prostate(dataset_dir: str | os.PathLike, channel: int = 0, validate: bo
         try:
             modality = json.loads(meta_file.read_text()).get("modality", {})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-            layout_problems.append(f"{_abs(meta_file)}: not a readable JSON object ({err})")
+            layout_problems.append(f"{abspath(meta_file)}: not a readable JSON object ({err})")
         else:
             if isinstance(modality, Mapping) and str(channel) in modality:
                 channel_name = str(modality[str(channel)])
@@ -439,40 +397,34 @@ def read_folder(
     lab_root = None if labels_dir is None else _require_dir(labels_dir, layout)
     same_folder = lab_root is not None and os.path.samefile(img_root, lab_root)
     if same_folder and not label_suffix:
-        raise ValueError(f"labels_dir is images_dir ({_abs(img_root)}): give a label_suffix to tell labels from images")
-
-    def is_label_name(name: str) -> bool:
-        stem, ext = _split_ext(name)
-        return bool(ext) and bool(label_suffix) and stem.endswith(label_suffix)
-
-    images = {
-        _split_ext(f.name)[0]: f
-        for f in img_root.glob(image_glob)
-        if f.is_file() and _visible(f) and not (same_folder and is_label_name(f.name))
-    }
+        raise ValueError(
+            f"labels_dir is images_dir ({abspath(img_root)}): give a label_suffix to tell labels from images"
+        )
+    images = {}
+    for f in img_root.glob(image_glob):
+        stem, ext = _split_ext(f.name)
+        if f.is_file() and _visible(f) and not (same_folder and ext and stem.endswith(label_suffix)):
+            images[stem] = f
     if not images:
         raise _layout_error(f"no image matching {image_glob!r} found", img_root, layout)
 
     layout_problems: list[str] = []
-    labels: dict[str, Path] = {}
-    if lab_root is not None:
+    if lab_root is None:
+        entries = [{"image": abspath(images[stem]), "id": stem, "dataset": dataset} for stem in sorted(images)]
+    else:
+        labels: dict[str, Path] = {}
         for f in lab_root.iterdir():
             stem, ext = _split_ext(f.name)
-            if not (ext and f.is_file() and _visible(f)) or (same_folder and not is_label_name(f.name)):
+            if not (ext and f.is_file() and _visible(f)) or (same_folder and not stem.endswith(label_suffix)):
                 continue
-            if label_suffix and not stem.endswith(label_suffix):
-                layout_problems.append(f"{_abs(f)}: label name does not end with {label_suffix!r}{ext}")
+            if not stem.endswith(label_suffix):
+                layout_problems.append(f"{abspath(f)}: label name does not end with {label_suffix!r}{ext}")
                 continue
             labels[stem[: len(stem) - len(label_suffix)]] = f
         layout_problems += _unpaired(
-            images,
-            labels,
-            lambda stem: f"{_abs(lab_root / (stem + label_suffix))}.nii.gz",
-            lambda stem: f"{stem}.nii.gz in {_abs(img_root)}",
+            images, labels, lambda stem: f"{abspath(lab_root / (stem + label_suffix))}.nii.gz",
+            lambda stem: f"{stem}.nii.gz in {abspath(img_root)}",
         )
-    if lab_root is None:
-        entries = [{"image": _abs(images[stem]), "id": stem, "dataset": dataset} for stem in sorted(images)]
-    else:
         entries = _entries(images, labels, dataset)
     return _finish(img_root, entries, layout_problems, layout, validate, None, label_values)
 

@@ -21,14 +21,8 @@ from typing import Any
 from plc_monai.reports import write_json
 
 __all__ = [
-    "Split",
-    "PAPER_SPLIT_DATASETS",
-    "load_paper_split",
-    "list_paper_settings",
-    "random_split",
-    "save_split",
-    "load_split",
-    "select",
+    "Split", "PAPER_SPLIT_DATASETS", "load_paper_split", "list_paper_settings", "random_split", "save_split",
+    "load_split", "select",
 ]
 
 PAPER_SPLIT_DATASETS = ("acdc", "prostate", "mmwhs")

@@ -19,7 +19,7 @@ from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from plc_monai.data.specs import DatasetSpec
 
-__all__ = ["VolumeValidationError", "load_volume", "validate_entry", "validate_datalist", "allowed_label_values"]
+__all__ = ["VolumeValidationError", "load_volume", "validate_entry", "validate_datalist"]
 
 
 class VolumeValidationError(ValueError):
@@ -29,21 +29,6 @@ class VolumeValidationError(ValueError):
 # OSError includes gzip.BadGzipFile, EOFError is a truncated gzip stream, MemoryError a corrupted header
 _READ_ERRORS = (ImageFileError, HeaderDataError, ImageDataError, OSError, EOFError, zlib.error, ValueError, MemoryError)
 _AFFINE_ATOL = 1e-3
-
-
-def allowed_label_values(
-    spec: DatasetSpec | None, label_aliases: Iterable[Sequence[int]] | Mapping[int, int] | None = None
-) -> tuple[int, ...] | None:
-    """Sorted raw label values a dataset's label files may hold; ``None`` (any value) when ``spec`` is ``None``.
-
-    Args:
-        spec: the dataset's description.
-        label_aliases: extra raw values read as another raw value, ``{raw: target}`` or ``[[raw, target], ...]``.
-    """
-    if spec is None:
-        return None
-    pairs = label_aliases.items() if isinstance(label_aliases, Mapping) else (label_aliases or ())
-    return tuple(sorted(set(spec.raw_label_values) | {int(raw) for raw, _ in pairs}))
 
 
 def _nifti_from_gzip(path: str) -> Any:
@@ -72,13 +57,6 @@ def load_volume(path: str) -> tuple[Any, np.ndarray]:
             f"{path}: cannot read the file, it is truncated or not a valid NIfTI ({type(err).__name__}: {err})"
         ) from err
     return img, data
-
-
-def _present_values(data: np.ndarray) -> np.ndarray:
-    """Distinct values of a non-empty label array (bincount for small non-negative integers, else ``np.unique``)."""
-    if data.dtype.kind in "ui" and data.dtype.itemsize <= 2 and data.min() >= 0:
-        return np.flatnonzero(np.bincount(data.ravel().astype(np.intp, copy=False)))
-    return np.unique(data)
 
 
 def _image_problems(path: str, data: np.ndarray, channel: int | None) -> list[str]:
@@ -117,16 +95,15 @@ def _label_problems(
     if data.ndim != 3:
         problems.append(f"{path}: expected a 3D label volume, got shape {tuple(data.shape)}")
     elif shape is not None and tuple(data.shape) != shape:
-        problems.append(
-            f"{path}: label shape {tuple(data.shape)} differs from image shape {shape} of {image_path}"
-        )
+        problems.append(f"{path}: label shape {tuple(data.shape)} differs from image shape {shape} of {image_path}")
     if image is not None and not np.allclose(lab.affine, image.affine, atol=_AFFINE_ATOL):
         diff = float(np.abs(lab.affine - image.affine).max())
         problems.append(
             f"{path}: label affine differs from the affine of {image_path} (max difference {diff:.4g} > {_AFFINE_ATOL})"
         )
     if allowed is not None and data.size:
-        present = _present_values(data)
+        small_ints = data.dtype.kind in "ui" and data.dtype.itemsize <= 2 and data.min() >= 0  # bincount is faster
+        present = np.flatnonzero(np.bincount(data.ravel().astype(np.intp))) if small_ints else np.unique(data)
         bad = present[~np.isin(present, np.asarray(allowed))]
         if bad.size:
             shown = ", ".join(f"{v:g}" for v in bad[:10].tolist())
@@ -167,10 +144,9 @@ def validate_entry(
         if data.ndim == (3 if channel is None else 4):
             spatial_shape = tuple(data.shape[:3])
     if entry.get("label") is not None:
-        if label_values is not None:
-            allowed = tuple(sorted({int(v) for v in label_values}))
-        else:
-            allowed = allowed_label_values(spec, entry.get("raw_label_aliases"))
+        if label_values is None and spec is not None:
+            label_values = [*spec.raw_label_values, *dict(entry.get("raw_label_aliases") or {})]
+        allowed = None if label_values is None else tuple(sorted({int(v) for v in label_values}))
         problems += _label_problems(str(entry["label"]), image_path, image, spatial_shape, allowed)
     if problems:
         raise VolumeValidationError(f"case {entry.get('id', image_path)}: " + "; ".join(problems))
