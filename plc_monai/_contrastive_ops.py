@@ -7,13 +7,14 @@ classes, ``R`` anchor roles and ``A`` anchors per role.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["BLOCK", "class_masks", "draw_pixels", "class_sums_and_anchor_features", "cosine_logits"]
+__all__ = ["BLOCK", "class_masks", "draw_pixels", "ClassSumsAndAnchorFeatures", "cosine_logits"]
 
 #: pixels per block in the two-step search of :func:`draw_pixels`
 BLOCK = 256
 
-#: up to this many (anchor, class) similarities per role, broadcasting beats a batched GEMM launch on a CPU
+#: up to this many (anchor, class) similarities per role, broadcasting beats a batched GEMM launch (~100x on a CPU)
 _BROADCAST_MAX = 4096
 
 
@@ -24,11 +25,9 @@ def class_masks(class_ids: torch.Tensor, classes: torch.Tensor) -> tuple[torch.T
     batch, n_pixels = class_ids.shape
     block = max(1, min(BLOCK, n_pixels))
     n_pad = -(-n_pixels // block) * block
-    if n_pad == n_pixels:
-        labels = class_ids.to(classes.dtype)
-    else:
-        labels = torch.full((batch, n_pad), -1, dtype=classes.dtype, device=class_ids.device)
-        labels[:, :n_pixels] = class_ids
+    labels = class_ids.to(classes.dtype)
+    if n_pad > n_pixels:
+        labels = F.pad(labels, (0, n_pad - n_pixels), value=-1)
     # compared as floats (class ids are small integers, exact in any float dtype), the comparison writes
     # the float mask directly: comparing int64 ids writes a bool mask and converts it, 4-7x slower on CPU
     masks = torch.empty((batch, classes.shape[0], n_pad), dtype=labels.dtype, device=labels.device)
@@ -39,13 +38,8 @@ def class_masks(class_ids: torch.Tensor, classes: torch.Tensor) -> tuple[torch.T
 
 
 def draw_pixels(
-    labels: torch.Tensor,
-    classes: torch.Tensor,
-    per_block: torch.Tensor,
-    n_pixels: int,
-    anchor_image: torch.Tensor,
-    num_samples: int,
-    generator: torch.Generator | None,
+    labels: torch.Tensor, classes: torch.Tensor, per_block: torch.Tensor, n_pixels: int, anchor_image: torch.Tensor,
+    num_samples: int, generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``num_samples`` pixels per (role, candidate class), uniformly with replacement.
 
@@ -87,8 +81,22 @@ def draw_pixels(
     return pixels, count > 0
 
 
-class _ClassSumsAndAnchorFeatures(torch.autograd.Function):
-    """See :func:`class_sums_and_anchor_features`."""
+class ClassSumsAndAnchorFeatures(torch.autograd.Function):
+    """``apply(features, masks, anchor_image, pixels)``: per-class feature sums and the anchors' features,
+    differentiable w.r.t. ``features``.
+
+    The backward writes both gradients into one ``[B, D, N]`` buffer; plain autograd would allocate two
+    and add them, which costs more than the whole loss on a CPU.
+
+    Args:
+        features: ``[B, D, N]`` embeddings.
+        masks: ``[B, K, N]`` one-hot masks of the candidate classes, in the dtype of ``features``.
+        anchor_image: ``[R]`` batch index of each role's anchor image.
+        pixels: ``[R, A]`` flat pixel indices of the anchors.
+
+    Returns:
+        ``sums [B, D, K]`` and ``anchor_features [R, A, D]``.
+    """
 
     @staticmethod
     def forward(ctx, features, masks, anchor_image, pixels):  # type: ignore[override]
@@ -108,29 +116,8 @@ class _ClassSumsAndAnchorFeatures(torch.autograd.Function):
         return grad, None, None, None
 
 
-def class_sums_and_anchor_features(
-    features: torch.Tensor, masks: torch.Tensor, anchor_image: torch.Tensor, pixels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class feature sums and the anchors' features, differentiable w.r.t. ``features``.
-
-    The backward writes both gradients into one ``[B, D, N]`` buffer; plain autograd would allocate two
-    and add them, which costs more than the whole loss on a CPU.
-
-    Args:
-        features: ``[B, D, N]`` embeddings.
-        masks: ``[B, K, N]`` one-hot masks of the candidate classes, in the dtype of ``features``.
-        anchor_image: ``[R]`` batch index of each role's anchor image.
-        pixels: ``[R, A]`` flat pixel indices of the anchors.
-
-    Returns:
-        ``sums [B, D, K]`` and ``anchor_features [R, A, D]``.
-    """
-    return _ClassSumsAndAnchorFeatures.apply(features, masks, anchor_image, pixels)
-
-
 def cosine_logits(anchors: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """Dot products ``[R, A, K]`` of every anchor ``[R, A, D]`` with every class mean ``[R, K, D]`` of its role."""
     if anchors.shape[1] * means.shape[1] <= _BROADCAST_MAX:
-        # a handful of sampled anchors: broadcasting beats a batched GEMM launch on CPU by ~100x
         return (anchors[:, :, None, :] * means[:, None, :, :]).sum(-1)
     return torch.bmm(anchors, means.transpose(1, 2))

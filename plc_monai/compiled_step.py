@@ -1,17 +1,11 @@
 """The optional compiled training step (``compile_step``): forward, both losses, backward and the update.
 
-:meth:`SemiSupervisedTrainer.step_losses <plc_monai.engines.SemiSupervisedTrainer.step_losses>` (the
-network's forward pass, the Dice loss and the contrastive loss of one iteration) goes through
-``torch.compile`` with ``fullgraph=True`` and ``dynamic=False``; its backward is compiled with it, and
-``optimizer.step()`` is compiled too (:class:`CompiledOptimizerStep`). On CUDA the default
-``mode="reduce-overhead"`` replays three CUDA graphs per iteration (forward, backward, update) instead of
-launching some hundreds of small kernels from Python. What stays eager, around the captured part:
-drawing the slices, the augmentations (their random draws change every iteration), the pseudo-label
-refresh and validation (they call the network itself, which is not compiled), and every Ignite handler.
-
-A configuration that cannot be one graph is refused up front with a ``ValueError`` (see
-:func:`check_compilable`) rather than left to ``torch.compile``'s graph-break errors. Whether the
-captured step is faster is a GPU question; ``docs/performance.md`` says what has been measured.
+:meth:`SemiSupervisedTrainer.step_losses <plc_monai.engines.SemiSupervisedTrainer.step_losses>` (the forward
+pass, the Dice loss and the contrastive loss of one iteration) and its backward go through ``torch.compile``
+(:data:`COMPILE_DEFAULTS`), and so does ``optimizer.step()`` (:class:`CompiledOptimizerStep`); on CUDA,
+``mode="reduce-overhead"`` replays them as CUDA graphs. Slice drawing, augmentation, the pseudo-label refresh,
+validation and the handlers stay eager. A configuration that cannot be one graph is refused up front
+(:func:`check_compilable`). What is captured and what has been measured: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -39,11 +33,8 @@ def check_compilable(trainer: Any) -> None:
         trainer: a :class:`~plc_monai.engines.SemiSupervisedTrainer` being built with ``compile_step``.
 
     Raises:
-        ValueError: with MONAI's ``DiceLoss`` as the segmentation loss (one graph break per call), a
-            DistributedDataParallel ``train_forward``, a gradient scaler (fp16 autocast:
-            its inf check reads the device), ``shared_forward=False`` (two passes per iteration), or a
-            contrastive loss that reads device values on the host (``check_inputs=True``), returns a
-            data-dependent number of terms (``reduction="none"``) or draws from its own generator.
+        ValueError: naming every reason: MONAI's ``DiceLoss``, a DDP ``train_forward``, fp16 autocast,
+            ``shared_forward=False``, a contrastive loss with ``check_inputs``, ``reduction="none"`` or a generator.
     """
     problems = []
     if trainer.train_forward is not None:
@@ -98,12 +89,10 @@ class CompiledLosses:
         # CUDA graph trees need to be told where an iteration starts (the step is not a plain fwd/bwd loop)
         self._mark_steps = torch.device(device).type == "cuda" and self.options.get("mode") == "reduce-overhead"
 
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, *args: Any) -> dict[str, torch.Tensor]:
         if self._mark_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(x, y, seg_count, seg_weight, lambda_cont)
+        out = self._compiled(*args)
         # a CUDA graph's outputs are overwritten by its next replay: the logged values are copied out
         return {key: value if key == "loss" else value.clone() for key, value in out.items()}
 
@@ -111,12 +100,9 @@ class CompiledLosses:
 class CompiledOptimizerStep:
     """``optimizer.step()`` through ``torch.compile``: the whole parameter update as one graph.
 
-    Eager Adam launches a few kernels per parameter tensor; compiled, inductor fuses the update and
-    ``mode="reduce-overhead"`` replays it as one CUDA graph. ``fullgraph`` is off here: PyTorch's
-    optimizers break the graph on purpose before the update (state set-up), and the update is captured
-    after it. The compiled step guards on the identity of the optimizer's state tensors, so the state is
-    reset and restored in place (:meth:`reset_state`, :meth:`load_state_dict`) instead of replacing the
-    tensors, which would recompile (tens of seconds on a GPU, each time).
+    ``fullgraph`` is off: PyTorch's optimizers break the graph on purpose before the update (state set-up).
+    The compiled step guards on the identity of the optimizer's state tensors, so the state is reset and
+    restored in place (:meth:`reset_state`, :meth:`load_state_dict`): new tensors would recompile it.
 
     Args:
         optimizer: the trainer's optimizer.
@@ -139,8 +125,7 @@ class CompiledOptimizerStep:
 
     def _param_states(self) -> list[dict[str, Any]]:
         """The per-parameter state dicts in ``state_dict()`` order (``{}`` where a parameter has none)."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        return [self.optimizer.state.get(p, {}) for p in params]
+        return [self.optimizer.state.get(p, {}) for group in self.optimizer.param_groups for p in group["params"]]
 
     def reset_state(self) -> None:
         """Forget the moments, as ``optimizer.state.clear()`` does, in place for Adam and AdamW."""
@@ -153,28 +138,15 @@ class CompiledOptimizerStep:
                     value.zero_()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``optimizer.load_state_dict(state_dict)``, copied into the existing state tensors where they all exist.
+        """``optimizer.load_state_dict(state_dict)``, the loaded values then copied into the state tensors that
+        existed before, where their shapes match (new tensors would recompile the update).
 
         Args:
             state_dict: a state dict of this optimizer (e.g. a deep copy kept at the round's best model).
         """
-        current, saved = self._param_states(), state_dict["state"]
-
-        def same_layout(state: dict[str, Any], old: dict[str, Any]) -> bool:
-            return set(state) == set(old) and all(
-                not isinstance(v, torch.Tensor) or (isinstance(old[k], torch.Tensor) and old[k].shape == v.shape)
-                for k, v in state.items())
-
-        in_place = len(saved) == sum(1 for state in current if state) and all(
-            same_layout(state, saved.get(i, {})) for i, state in enumerate(current))
-        if not in_place:
-            self.optimizer.load_state_dict(state_dict)
-            return
-        for i, state in enumerate(current):
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    value.copy_(saved[i][key])
-                else:
-                    state[key] = saved[i][key]
-        for group, saved_group in zip(self.optimizer.param_groups, state_dict["param_groups"]):
-            group.update({key: value for key, value in saved_group.items() if key != "params"})
+        before = self._param_states()
+        self.optimizer.load_state_dict(state_dict)
+        for old, new in zip(before, self._param_states()):
+            for key, value in new.items():
+                if isinstance(old.get(key), torch.Tensor) and getattr(value, "shape", None) == old[key].shape:
+                    new[key] = old[key].copy_(value)

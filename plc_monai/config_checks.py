@@ -44,17 +44,18 @@ def _crop_problems(crop_size: Any, network: Any) -> list[str]:
         return []
     depth = divisor.bit_length() - 1
     lower = max(divisor, bad[0] - bad[0] % divisor)
-    return [
-        f"'crop_size' = {crop_size!r}: must be divisible by {divisor} = 2**{depth}, since the network pools "
-        f"{depth} times (len('channels') - 1); use e.g. {lower} or {lower + divisor}, or fewer 'channels' levels"
-    ]
+    return [f"'crop_size' = {crop_size!r}: must be divisible by {divisor} = 2**{depth}, since the network pools "
+            f"{depth} times (len('channels') - 1); use e.g. {lower} or {lower + divisor}, or fewer 'channels' levels"]
 
 
 def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[str]:
     """The split choice exists: paper setting/combo of the dataset, a ``trN`` setting, or a readable split file."""
     if not isinstance(split, str) or not (split in SPLIT_CHOICES or split.endswith(".json")):
         return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
-    if split == "paper":
+    if split == "random":
+        if not isinstance(setting, str) or not _SETTING.match(setting):
+            return [f"'setting' = {setting!r}: a random split needs 'trN' (N >= 1 labeled volumes), e.g. 'tr1', 'tr8'"]
+    elif split == "paper":
         from plc_monai.data.splits import PAPER_SPLIT_DATASETS, list_paper_settings
 
         if dataset not in PAPER_SPLIT_DATASETS:
@@ -66,17 +67,13 @@ def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[
         if combo not in settings[setting]:
             return [f"'combo' = {combo!r}: not a combination of {dataset} {setting}; "
                     f"expected one of {settings[setting]}"]
-        return []
-    if split == "random":
-        if not isinstance(setting, str) or not _SETTING.match(setting):
-            return [f"'setting' = {setting!r}: a random split needs 'trN' (N >= 1 labeled volumes), e.g. 'tr1', 'tr8'"]
-        return []
-    from plc_monai.data.splits import load_split
+    else:
+        from plc_monai.data.splits import load_split
 
-    try:
-        load_split(split)
-    except (FileNotFoundError, ValueError) as err:
-        return [f"'split' = {split!r}: {err}"]
+        try:
+            load_split(split)
+        except (FileNotFoundError, ValueError) as err:
+            return [f"'split' = {split!r}: {err}"]
     return []
 
 

@@ -25,21 +25,10 @@ from plc_monai.data.slice_pool import SlicePool
 from plc_monai.pseudo_labels import PseudoLabelStore
 from plc_monai.runtime import autocast, autocast_dtype, unwrap
 
-__all__ = ["SemiSupervisedTrainer", "IterationTokens"]
+__all__ = ["SemiSupervisedTrainer"]
 
 _UNLABELED_SLICES = ("any", "all_classes")
-
-
-class IterationTokens:
-    """An endless iterable of ``None``: the trainer builds its batches from in-memory slices by index."""
-
-    def __iter__(self):
-        return itertools.repeat(None)
-
-
-def _generator_state(obj: Any) -> torch.Tensor | None:
-    gen = getattr(obj, "generator", None)
-    return gen.get_state() if isinstance(gen, torch.Generator) else None
+_AUGMENTATIONS = ("seg_augmentation", "intensity_augmentation")
 
 
 class SemiSupervisedTrainer(Trainer):
@@ -131,29 +120,23 @@ class SemiSupervisedTrainer(Trainer):
             raise ValueError("the labeled set is empty: at least one labeled volume is needed for the warm-up.")
         if not 0 < labeled_per_batch <= batch_size:
             raise ValueError(f"labeled_per_batch must be in [1, batch_size={batch_size}], got {labeled_per_batch}.")
-        if warmup_iterations < 0 or finetune_iterations < 0:
-            raise ValueError(
-                f"warmup_iterations and finetune_iterations must be >= 0, got {warmup_iterations}, {finetune_iterations}."
-            )
-        if lambda_cont < 0:
-            raise ValueError(f"lambda_cont must be >= 0, got {lambda_cont}.")
-        if round_length < 0:
-            raise ValueError(f"round_length must be >= 0 iterations, got {round_length}.")
+        non_negative = {"warmup_iterations": warmup_iterations, "finetune_iterations": finetune_iterations,
+                        "lambda_cont": lambda_cont, "round_length": round_length}
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
         if unlabeled_slices not in _UNLABELED_SLICES:
             raise ValueError(f"unlabeled_slices must be one of {_UNLABELED_SLICES}, got {unlabeled_slices!r}.")
         device = torch.device(device)
         self.total_iterations = int(max_epochs) * int(epoch_length)
         has_unlabeled = unlabeled is not None and len(unlabeled) > 0
         if warmup_iterations + finetune_iterations > self.total_iterations:
-            raise ValueError(
-                f"warm-up ({warmup_iterations}) + fine-tuning ({finetune_iterations}) iterations exceed the "
-                f"{self.total_iterations} iterations of the run (max_epochs * epoch_length)."
-            )
+            raise ValueError(f"warm-up ({warmup_iterations}) + fine-tuning ({finetune_iterations}) iterations exceed "
+                             f"the {self.total_iterations} iterations of the run (max_epochs * epoch_length).")
         if self.total_iterations > warmup_iterations + finetune_iterations:
             if not has_unlabeled:
-                logging.getLogger(__name__).warning(
-                    "no unlabeled slices: the joint phase trains on the labeled slices only (supervised)."
-                )
+                logging.getLogger(__name__).warning("no unlabeled slices: the joint phase trains on the labeled "
+                                                    "slices only (supervised).")
             elif pseudo_labels is None:
                 raise ValueError("the joint phase needs a PseudoLabelStore for the unlabeled slices.")
             if lambda_cont > 0 and contrastive_loss is None:
@@ -161,7 +144,7 @@ class SemiSupervisedTrainer(Trainer):
         super().__init__(
             device=device,
             max_epochs=max_epochs,
-            data_loader=IterationTokens(),
+            data_loader=itertools.repeat(None),  # batches are drawn from the in-memory slices by index
             epoch_length=epoch_length,
             handlers=None,
             amp=False,  # autocast is handled here (bf16 without a scaler where possible)
@@ -234,9 +217,7 @@ class SemiSupervisedTrainer(Trainer):
     @property
     def final_phase(self) -> str:
         """The last phase of the schedule: its best model is the deployable one."""
-        if self.finetune_iterations > 0:
-            return "finetune"
-        return "joint" if self.joint_end > self.warmup_iterations else "warmup"
+        return self.phase(self.total_iterations)
 
     def phase(self, iteration: int | None = None) -> str:
         """``"warmup"``, ``"joint"`` or ``"finetune"`` for ``iteration`` (1-based; the current one by default)."""
@@ -352,7 +333,7 @@ class SemiSupervisedTrainer(Trainer):
             return self.joint_step(seg_weight=1.0, lambda_cont=0.0)
         idx = self._draw(len(self.labeled), self.batch_size)
         images, labels = self._augment(self.labeled.images[idx], self.labeled.labels[idx], spatial=True, intensity=True)
-        return self._losses(images, labels, self.batch_size, 1.0, 0.0)
+        return (self.compiled_losses or self.step_losses)(images, labels, self.batch_size, 1.0, 0.0)
 
     def step_losses(
         self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
@@ -382,13 +363,6 @@ class SemiSupervisedTrainer(Trainer):
         out["loss"] = loss
         return out
 
-    def _losses(
-        self, x: torch.Tensor, y: torch.Tensor, seg_count: int, seg_weight: float, lambda_cont: float
-    ) -> dict[str, torch.Tensor]:
-        """:meth:`step_losses`, through the compiled step when ``compile_step`` is on."""
-        step = self.step_losses if self.compiled_losses is None else self.compiled_losses
-        return step(x, y, seg_count, seg_weight, lambda_cont)
-
     def joint_step(self, seg_weight: float | None = None, lambda_cont: float | None = None) -> dict[str, torch.Tensor]:
         """Step 2: ``seg_weight`` * Dice on the labeled slices (+ pseudo-labeled ones for self-training)
         + ``lambda_cont`` * contrastive loss on all slices with labels and pseudo-labels."""
@@ -405,10 +379,9 @@ class SemiSupervisedTrainer(Trainer):
             images = torch.cat([self.labeled.images[idx_l], self.unlabeled.images[idx_u]])
             labels = torch.cat([self.labeled.labels[idx_l], self.pseudo_labels.labels[idx_u]])
         seg_count = self.batch_size if self.pseudo_labels_in_seg_loss else n_l
-        use_cont = lambda_cont > 0
-        if self.shared_forward or not use_cont:
+        if self.shared_forward or lambda_cont <= 0:
             x, y = self._augment(images, labels, spatial=True, intensity=True)
-            return self._losses(x, y, seg_count, seg_weight, lambda_cont)
+            return (self.compiled_losses or self.step_losses)(x, y, seg_count, seg_weight, lambda_cont)
         # the authors' layout: a second forward pass of un-warped slices for the contrastive loss
         x_seg, y_seg = self._augment(images[:seg_count], labels[:seg_count], spatial=True, intensity=True)
         x_c, cont_labels = self._augment(images, labels, spatial=False, intensity=True)
@@ -423,8 +396,7 @@ class SemiSupervisedTrainer(Trainer):
     def _iteration(self, engine: Engine, batchdata: Any = None) -> dict[str, torch.Tensor]:
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
-        step = self.joint_step if self.phase(engine.state.iteration) == "joint" else self.warmup_step
-        out = step()
+        out = self.joint_step() if self.phase(engine.state.iteration) == "joint" else self.warmup_step()
         loss = out["loss"]
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -443,10 +415,10 @@ class SemiSupervisedTrainer(Trainer):
         # numpy's RNG key array as a tensor, so that ``torch.load(weights_only=True)`` reads it
         name, keys, pos, has_gauss, cached = np.random.get_state()
         numpy_rng = (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+        augmentations = {key: getattr(getattr(self, key), "generator", None) for key in _AUGMENTATIONS}
         return {
             "sampler_generator": self.sampler_generator.get_state(),
-            "seg_augmentation": _generator_state(self.seg_augmentation),
-            "intensity_augmentation": _generator_state(self.intensity_augmentation),
+            **{key: g.get_state() if isinstance(g, torch.Generator) else None for key, g in augmentations.items()},
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": numpy_rng,
@@ -458,7 +430,7 @@ class SemiSupervisedTrainer(Trainer):
 
     def load_extras_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler_generator.set_state(state["sampler_generator"])
-        for key in ("seg_augmentation", "intensity_augmentation"):
+        for key in _AUGMENTATIONS:
             gen = getattr(getattr(self, key), "generator", None)
             if state.get(key) is not None and isinstance(gen, torch.Generator):
                 gen.set_state(state[key])

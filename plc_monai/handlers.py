@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.networks.utils import eval_mode
 
 from plc_monai._ignite import Engine, Events
 from plc_monai.pseudo_labels import PseudoLabelStore
@@ -24,11 +25,7 @@ __all__ = ["PseudoLabelRefresh", "predict_labels"]
 
 
 def predict_labels(
-    network: torch.nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 64,
-    amp: bool = False,
-    return_logits: bool = False,
+    network: torch.nn.Module, images: torch.Tensor, batch_size: int = 64, amp: bool = False, return_logits: bool = False
 ) -> torch.Tensor:
     """Argmax labels of ``network`` over ``images``, batched, in eval mode (restored afterwards), without gradients.
 
@@ -42,16 +39,11 @@ def predict_labels(
     Returns:
         ``[N, *spatial]`` uint8 labels (or logits).
     """
-    was_training = network.training
-    network.eval()
     outputs = []
-    try:
-        with torch.inference_mode(), autocast(images.device, amp):
-            for start in range(0, images.shape[0], batch_size):
-                logits = network(images[start : start + batch_size])
-                outputs.append(logits.float() if return_logits else logits.argmax(1).to(torch.uint8))
-    finally:
-        network.train(was_training)
+    with eval_mode(network), torch.inference_mode(), autocast(images.device, amp):
+        for start in range(0, images.shape[0], batch_size):
+            logits = network(images[start : start + batch_size])
+            outputs.append(logits.float() if return_logits else logits.argmax(1).to(torch.uint8))
     return torch.cat(outputs)
 
 
@@ -60,11 +52,11 @@ def _volume_dice(a: torch.Tensor, b: torch.Tensor, volume_index: torch.Tensor, n
 
     Classes absent from both are left out of the mean; a volume with no foreground in either gets 1.
     """
-    one_a = F.one_hot(a.long(), num_classes).flatten(1, -2).sum(1)[:, 1:].float()  # [N, C-1] voxel counts
-    one_b = F.one_hot(b.long(), num_classes).flatten(1, -2).sum(1)[:, 1:].float()
-    inter = F.one_hot(torch.where(a == b, a.long(), 0), num_classes).flatten(1, -2).sum(1)[:, 1:].float()
+    # foreground voxel counts [N, C-1] of the intersection, of a and of b
+    counts = [F.one_hot(x, num_classes).flatten(1, -2).sum(1)[:, 1:].float()
+              for x in (torch.where(a == b, a.long(), 0), a.long(), b.long())]
     sums = torch.zeros(num_volumes, 3, num_classes - 1, device=a.device)
-    sums.index_add_(0, volume_index, torch.stack([inter, one_a, one_b], 1))
+    sums.index_add_(0, volume_index, torch.stack(counts, 1))
     denom = sums[:, 1] + sums[:, 2]
     dice = torch.where(denom > 0, 2 * sums[:, 0] / denom.clamp_min(1), torch.nan)
     return torch.nan_to_num(torch.nanmean(dice, dim=1), nan=1.0)
@@ -137,10 +129,8 @@ class PseudoLabelRefresh:
         if images.shape[0] != len(store):
             raise ValueError(f"{images.shape[0]} unlabeled images but the store holds {len(store)} pseudo-labels.")
         if images.shape[0] > 0 and images.shape[2:] != store.labels.shape[1:]:
-            raise ValueError(
-                f"unlabeled images have spatial shape {list(images.shape[2:])}, "
-                f"the store holds {list(store.labels.shape[1:])}."
-            )
+            raise ValueError(f"unlabeled images have spatial shape {list(images.shape[2:])}, "
+                             f"the store holds {list(store.labels.shape[1:])}.")
         if quality_threshold > 0 and num_classes is None:
             raise ValueError("the pseudo-label quality filter (quality_threshold > 0) needs num_classes.")
         self.store = store
@@ -225,8 +215,7 @@ class PseudoLabelRefresh:
         if len(self.store) == 0:
             return record
         start = time.perf_counter()
-        labels = self._predict()
-        changed = self.store.update(labels, self._quality_keep() if self.quality_threshold > 0 else None)
+        changed = self.store.update(self._predict(), self._quality_keep() if self.quality_threshold > 0 else None)
         duration = time.perf_counter() - start
         record.update(round=float(self.store.version), changed_fraction=changed, duration_s=duration,
                       kept_fraction=float(self.store.keep.float().mean()))

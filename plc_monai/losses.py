@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from plc_monai._contrastive_ops import class_masks, class_sums_and_anchor_features, cosine_logits, draw_pixels
+from plc_monai._contrastive_ops import ClassSumsAndAnchorFeatures, class_masks, cosine_logits, draw_pixels
 
 __all__ = ["AnchorSample", "PixelContrastiveLoss"]
 
@@ -91,9 +91,8 @@ class PixelContrastiveLoss(_Loss):
         try:
             reduction_value = LossReduction(reduction).value
         except ValueError:
-            raise ValueError(
-                f"reduction must be one of {[r.value for r in LossReduction]}, got {reduction!r}."
-            ) from None
+            raise ValueError(f"reduction must be one of {[r.value for r in LossReduction]}, "
+                             f"got {reduction!r}.") from None
         super().__init__(reduction=reduction_value)
         if not _is_int(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}.")
@@ -124,7 +123,8 @@ class PixelContrastiveLoss(_Loss):
 
     # ------------------------------------------------------------------ input handling
     def _class_ids(self, labels: torch.Tensor, batch: int, spatial: tuple[int, ...]) -> torch.Tensor:
-        """Validate ``labels`` against the features' batch and spatial size; return class ids ``[B, N]`` (long)."""
+        """Validate ``labels`` against the features' batch and spatial size (and, with ``check_inputs``, their
+        values); return class ids ``[B, N]`` (long)."""
         shape = (batch, "D", *spatial)
         ndim = len(spatial) + 2
         if not isinstance(labels, torch.Tensor):
@@ -148,10 +148,8 @@ class PixelContrastiveLoss(_Loss):
                 if ids.is_floating_point() and not torch.isfinite(ids).all():
                     raise ValueError("one-hot labels contain NaN or Inf.")
                 if not (((ids == 0) | (ids == 1)).all() and (ids.sum(dim=1) == 1).all()):
-                    raise ValueError(
-                        f"labels with {self.num_classes} channels must be one-hot (values 0/1, exactly one 1 "
-                        "per pixel)."
-                    )
+                    raise ValueError(f"labels with {self.num_classes} channels must be one-hot (values 0/1, "
+                                     "exactly one 1 per pixel).")
             return ids.argmax(dim=1).reshape(batch, -1)
         if ids.is_floating_point() and self.check_inputs:
             if not torch.isfinite(ids).all():
@@ -160,14 +158,12 @@ class PixelContrastiveLoss(_Loss):
                 raise ValueError("floating-point labels must hold integral class ids.")
         if ids.is_complex():
             raise ValueError(f"labels must be real, got dtype {ids.dtype}.")
-        return ids.reshape(batch, -1).long()
-
-    def _check_label_range(self, class_ids: torch.Tensor) -> None:
-        """With ``check_inputs``, raise a ValueError when a class id lies outside ``[0, num_classes)``."""
-        if self.check_inputs and class_ids.numel() > 0:
-            lo, hi = torch.aminmax(class_ids)
+        ids = ids.reshape(batch, -1).long()
+        if self.check_inputs and ids.numel() > 0:
+            lo, hi = torch.aminmax(ids)
             if int(lo) < 0 or int(hi) >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in [{int(lo)}, {int(hi)}].")
+        return ids
 
     def _roles(self, batch: int, pairs: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Anchor roles ``[R, 2]``: (anchor image ``x``, partner image ``x'`` or -1); see :class:`AnchorSample`."""
@@ -182,9 +178,7 @@ class PixelContrastiveLoss(_Loss):
                     f"matching='inter' pairs image b with b + B/2 and needs an even batch size, got B={batch}; "
                     "pass `pairs` explicitly for other layouts."
                 )
-            half = batch // 2
-            first = torch.arange(half, device=device)
-            pairs = torch.stack([first, first + half], dim=1)
+            pairs = torch.arange(batch, device=device).view(2, batch // 2).T  # rows (p, p + B/2)
         else:
             if not isinstance(pairs, torch.Tensor) or pairs.dtype.is_floating_point or pairs.dtype == torch.bool:
                 raise ValueError(f"pairs must be an integer tensor [P, 2], got {pairs!r}.")
@@ -215,12 +209,9 @@ class PixelContrastiveLoss(_Loss):
         if self.num_samples is None:
             raise ValueError("num_samples=None uses every pixel as an anchor; there is nothing to sample.")
         if not isinstance(labels, torch.Tensor) or labels.ndim < 3 or labels.shape[1] not in (1, self.num_classes):
-            raise ValueError(
-                f"sample_anchors needs labels [B, 1, *spatial] or [B, {self.num_classes}, *spatial], "
-                f"got {tuple(getattr(labels, 'shape', ()))}."
-            )
+            raise ValueError(f"sample_anchors needs labels [B, 1, *spatial] or [B, {self.num_classes}, *spatial], "
+                             f"got {tuple(getattr(labels, 'shape', ()))}.")
         class_ids = self._class_ids(labels, labels.shape[0], tuple(labels.shape[2:]))
-        self._check_label_range(class_ids)
         classes = self._candidate_ids(class_ids.device).to(torch.float32)
         labels_pad, _, per_block = class_masks(class_ids, classes)
         roles = self._roles(class_ids.shape[0], pairs, class_ids.device)
@@ -268,7 +259,6 @@ class PixelContrastiveLoss(_Loss):
         roles = self._roles(batch, pairs, features.device)  # [R, 2]: anchor image x, partner x' (-1 for intra)
         image, partner = roles[:, 0], roles[:, 1]
         generator = generator if generator is not None else self.generator
-        self._check_label_range(class_ids)
         with torch.autocast(device_type=features.device.type, enabled=False):
             dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
             z = features.to(dtype).reshape(batch, dim, -1)  # z(x)_i: [B, D, N]
@@ -294,13 +284,8 @@ class PixelContrastiveLoss(_Loss):
             return self._reduce(terms, exists)
 
     def _draw_anchors(
-        self,
-        class_ids: torch.Tensor,
-        labels_pad: torch.Tensor,
-        classes: torch.Tensor,
-        per_block: torch.Tensor,
-        image: torch.Tensor,
-        generator: torch.Generator | None,
+        self, class_ids: torch.Tensor, labels_pad: torch.Tensor, classes: torch.Tensor, per_block: torch.Tensor,
+        image: torch.Tensor, generator: torch.Generator | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Step 1: the anchors ``a`` of each role, ``num_samples`` per candidate class present in the anchor image.
 
@@ -332,7 +317,7 @@ class PixelContrastiveLoss(_Loss):
             ValueError: with ``check_inputs``, when the features hold NaN/Inf or overflow when summed.
         """
         no_pixels = torch.zeros((image.shape[0], 0), dtype=torch.long, device=z.device)
-        sums, anchor_z = class_sums_and_anchor_features(z, masks, image, no_pixels if pixels is None else pixels)
+        sums, anchor_z = ClassSumsAndAnchorFeatures.apply(z, masks, image, no_pixels if pixels is None else pixels)
         if self.check_inputs and not torch.isfinite(sums).all():
             # any NaN/Inf pixel makes every class sum of its image non-finite; this check is cheap
             if not torch.isfinite(z).all():
@@ -357,11 +342,8 @@ class PixelContrastiveLoss(_Loss):
     def _intra_terms(
         own: torch.Tensor, anchor_class: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 4, ``"intra"``: ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})``.
-
-        Returns:
-            ``terms [R, A]`` and ``exists [R, A]``.
-        """
+        """Step 4, ``"intra"``: ``-log(e^{s(a, m_c(x))} / sum_{k in K(x)} e^{s(a, m_k(x))})``; terms and exists
+        ``[R, A]``."""
         positive = own.gather(-1, anchor_class.clamp_min(0)[..., None])[..., 0]
         return torch.logsumexp(own, dim=-1) - positive, valid
 

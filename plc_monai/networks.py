@@ -81,9 +81,9 @@ class ContrastiveHeadUNet(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {channels}.")
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
-                            ("embedding_dim", embedding_dim), ("head_channels", head_channels), *(
-                                (f"channels[{i}]", c) for i, c in enumerate(channels))):
+        widths = {"in_channels": in_channels, "embedding_dim": embedding_dim, "head_channels": head_channels,
+                  **{f"channels[{i}]": c for i, c in enumerate(channels)}}
+        for name, value in widths.items():
             if int(value) < 1:
                 raise ValueError(f"{name} must be positive, got {value}.")
         if num_classes < 2:
