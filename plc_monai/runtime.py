@@ -17,7 +17,8 @@ def is_main_process() -> bool:
 
 def unwrap(module: Any) -> Any:
     """The module inside DistributedDataParallel/DataParallel, so saved keys have no ``module.`` prefix."""
-    return getattr(module, "module", module) if isinstance(module, torch.nn.Module) else module
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return module.module if isinstance(module, wrappers) else module
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

@@ -204,6 +204,17 @@ def test_schedule_longer_than_run_is_rejected() -> None:
         make_trainer(total=6, warmup=6, finetune_iterations=3)
 
 
+def test_unwrap_removes_only_parallel_wrappers() -> None:
+    """Saved keys lose DataParallel's ``module.`` prefix, but a network's own submodule named ``module`` stays."""
+    from plc_monai.runtime import unwrap
+
+    net = torch.nn.Linear(2, 2)
+    assert unwrap(torch.nn.DataParallel(net)) is net
+    own = torch.nn.Sequential()
+    own.module = net
+    assert unwrap(own) is own and unwrap(net) is net and unwrap("state") == "state"
+
+
 def test_train_forward_wrapper_matches_direct_calls() -> None:
     """The DDP path (a TrainForward module computing both heads) trains exactly like the direct path."""
     direct, _, net_a = make_trainer(total=9, warmup=3, seed=5)
