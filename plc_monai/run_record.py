@@ -14,7 +14,7 @@ import monai
 import torch
 
 import plc_monai
-from plc_monai.reports import write_json
+from plc_monai.reports import json_ready, write_json
 from plc_monai.runtime import is_main_process
 
 __all__ = ["write_run_info"]
@@ -43,8 +43,9 @@ def write_run_info(
     if not is_main_process() or os.environ.get("RANK", "0") != "0":
         return None
     path = Path(output_dir) / filename
-    # as JSON reads it back (tuples as lists, other objects as text), to compare with the previous record
-    record: dict[str, Any] = json.loads(json.dumps({"seed": seed, "config": config}, default=str))
+    # as write_json writes it and JSON reads it back (tuples as lists, NaN as null, other objects as text), so
+    # that it compares equal to the previous record of the same settings
+    record: dict[str, Any] = json.loads(json.dumps(json_ready({"seed": seed, "config": config}), default=str))
     invocations: list = []
     if path.is_file():
         try:

@@ -293,6 +293,10 @@ def test_write_run_info(tmp_path, monkeypatch):
     record = json.loads(path.read_text())
     assert record["seed"] == 8 and len(record["invocations"]) == 1
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["run_info.json"]  # no temporary file left
+    for _ in range(2):  # a NaN value is recorded as null and still matches it on resume
+        nan_path = write_run_info(tmp_path / "nan", seed=0, lambda_cont=float("nan"))
+    record = json.loads(nan_path.read_text())
+    assert record["config"] == {"lambda_cont": None} and len(record["invocations"]) == 2
     monkeypatch.setenv("RANK", "1")
     assert write_run_info(tmp_path / "rank1", seed=0) is None and not (tmp_path / "rank1").exists()
 
