@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -20,7 +19,6 @@ SPLIT_CHOICES = ("paper", "random")
 DATASET_CHOICES = ("acdc", "prostate", "mmwhs", "folder")
 """Datasets :func:`plc_monai.data.readers.read_datalist` reads."""
 
-_SETTING = re.compile(r"^tr([1-9]\d*)$")
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -53,7 +51,9 @@ def _split_problems(split: Any, setting: Any, combo: Any, dataset: str) -> list[
     if not isinstance(split, str) or not (split in SPLIT_CHOICES or split.endswith(".json")):
         return [f"'split' = {split!r}: expected one of {list(SPLIT_CHOICES)} or the path of a split .json file"]
     if split == "random":
-        if not isinstance(setting, str) or not _SETTING.match(setting):
+        from plc_monai.data.splits import random_setting_size
+
+        if random_setting_size(setting) is None:
             return [f"'setting' = {setting!r}: a random split needs 'trN' (N >= 1 labeled volumes), e.g. 'tr1', 'tr8'"]
     elif split == "paper":
         from plc_monai.data.splits import PAPER_SPLIT_DATASETS, list_paper_settings

@@ -339,6 +339,16 @@ def test_split_file_id_missing_from_the_folder_is_named(tmp_path, phantom_acdc):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("setting", ["tr0", "tr01", "tr\u00b2", "three", 2])
+def test_random_split_setting_is_checked_like_the_bundle_check(phantom_acdc, setting):
+    """``split_datalists`` accepts the ``trN`` settings that ``check_training_config`` accepts, and no other."""
+    from plc_monai.data.datalists import split_datalists
+
+    with pytest.raises(ValueError, match="is not of the form 'trN'"):
+        split_datalists("acdc", phantom_acdc, split="random", setting=setting, validate=False)
+    assert len(split_datalists("acdc", phantom_acdc, split="random", setting="tr1", validate=False)["labeled"]) == 1
+
+
 def test_prepare_stops_before_caching_when_a_file_is_truncated(tmp_path, phantom_acdc):
     """``python -m plc_monai prepare`` reads the folder through the bundle's ``data`` (validating every
     volume) before it caches anything: a truncated file stops it, named, with an empty cache."""

@@ -61,7 +61,8 @@ def split_datalists(
             )
         chosen = splits.load_paper_split(dataset, setting, combo, exclude_overlap=exclude_overlap)
     elif split == "random":
-        if not (setting.startswith("tr") and setting[2:].isdigit() and int(setting[2:]) > 0):
+        num_labeled = splits.random_setting_size(setting)
+        if num_labeled is None:
             raise ValueError(
                 f"setting {setting!r} is not of the form 'trN' (N labeled volumes), e.g. 'tr1', 'tr2', 'tr8'."
             )
@@ -70,7 +71,7 @@ def split_datalists(
         for e in datalist:
             groups.setdefault(str(e.get("patient", e["id"])), []).append(e["id"])
         by_patient = splits.random_split(
-            list(groups), int(setting[2:]), num_validation=num_validation,
+            list(groups), num_labeled, num_validation=num_validation,
             num_test=test_fraction if test_fraction > 0 else None, seed=seed,
         )
         chosen = splits.Split(

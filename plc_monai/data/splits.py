@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +22,8 @@ from typing import Any
 from plc_monai.reports import write_json
 
 __all__ = [
-    "Split", "PAPER_SPLIT_DATASETS", "load_paper_split", "list_paper_settings", "random_split", "save_split",
+    "Split", "PAPER_SPLIT_DATASETS", "load_paper_split", "list_paper_settings", "random_split", "random_setting_size",
+    "save_split",
     "load_split", "select",
 ]
 
@@ -160,6 +162,15 @@ def _count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+_RANDOM_SETTING = re.compile(r"^tr([1-9]\d*)$")
+
+
+def random_setting_size(setting: Any) -> int | None:
+    """``N`` of a random-split setting ``"trN"`` (``N >= 1`` labeled volumes); ``None`` for anything else."""
+    match = _RANDOM_SETTING.match(setting) if isinstance(setting, str) else None
+    return int(match.group(1)) if match else None
 
 
 def random_split(
